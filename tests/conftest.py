@@ -1,0 +1,34 @@
+"""Test-suite configuration shared by every test file.
+
+- Without a CUDA device the Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1), which must
+  be set before any module that defines @triton.jit kernels is imported: this file is imported first.
+- `gpu` tests are skipped without CUDA; `slow` tests run unless `-m "not slow"` is given.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Keep the 2-core CI machine responsive and results reproducible.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def seed():
+    torch.manual_seed(0)
+    return 0
