@@ -1,0 +1,402 @@
+"""Conversion of the reference implementation's checkpoints (swtasks.convert, tools/convert_checkpoint.py).
+
+The oracle is a minimal re-statement of the reference network's forward (spec: shiftwise-network.md,
+shiftwise-operator.md section 4) with the reference's state-dict layout and its operator output order
+[rep channels..., ghost channels...], built on the literal operator path `shiftwise_reference`. It shares
+no module with the model under test except that literal path; its index tables are drawn here the way
+the reference draws them (global numpy / torch generators seeded with 123).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import swtasks
+from swtasks.convert import convert_checkpoint_file, convert_shiftwise_official, reference_tables
+from swtasks.models.registry import CheckpointMismatchError
+from swtasks.ops.shiftwise import shiftwise_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a small configuration: atto's kernels (13/11/9/7: centred and off-centre strips), narrow stages
+SMALL = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40), kernel_sizes=(13, 11, 9, 7))
+N_CLASSES = 7
+
+
+# ------------------------------------------------------------------------------------------ the oracle
+
+
+class RefLayerNormCF(nn.Module):
+    def __init__(self, c, eps=1e-6):
+        super().__init__()
+        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c)), eps
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        return self.weight[:, None, None] * ((x - u) / torch.sqrt(s + self.eps)) + self.bias[:, None, None]
+
+
+class RefOperator(nn.Module):
+    """Reference operator: LoRAs.{p} (or merged LoRA) small convs, bn_lora1/bn_lora2/bn_small, output
+    cat([z, x_ghost]) in the order [rep sorted..., ghost sorted...]."""
+
+    def __init__(self, C, K, k=3, ghost_ratio=0.23, n_path=2, n_rep=4):
+        super().__init__()
+        R = int(C * (1 - ghost_ratio)) // 2 * 2
+        nk = math.ceil(K / k)
+        self.K = K
+        np.random.seed(123)  # the reference seeds the global generators in its constructor
+        ghost = sorted(np.random.choice(C, C - R, replace=False).tolist())
+        self.rep = torch.tensor(sorted(set(range(C)) - set(ghost)))
+        self.ghost = torch.tensor(ghost, dtype=torch.long)
+        torch.manual_seed(123)
+        perm_h = [torch.cat([torch.randperm(nk) + c * nk for c in range(R)]) for _ in range(n_rep)]
+        perm_v = [torch.cat([torch.randperm(nk) + c * nk for c in range(R)]) for _ in range(n_rep)]
+        self.ident = torch.stack([torch.randint(0, nk, [R]) + torch.arange(R) * nk for _ in range(n_rep)])
+        self.slot_h = torch.stack([torch.argsort(p) % nk for p in perm_h])
+        self.slot_v = torch.stack([torch.argsort(p) % nk for p in perm_v])
+        self.LoRA = None
+        self.LoRAs = nn.ModuleList(
+            nn.Conv2d(R, R * nk, k, padding=k - 1, groups=R, bias=False) for _ in range(n_path)
+        )
+        self.bn_lora1, self.bn_lora2, self.bn_small = nn.BatchNorm2d(R), nn.BatchNorm2d(R), nn.BatchNorm2d(R)
+
+    def merge_branches(self):
+        merged = nn.Conv2d(
+            self.LoRAs[0].in_channels,
+            self.LoRAs[0].out_channels,
+            self.LoRAs[0].kernel_size,
+            padding=self.LoRAs[0].padding,
+            groups=self.LoRAs[0].groups,
+            bias=False,
+        )
+        merged.weight.data = sum(c.weight.data for c in self.LoRAs)
+        self.LoRA = merged.to(self.LoRAs[0].weight.dtype)
+        del self.LoRAs
+
+    def forward(self, x):
+        x_r, x_g = x[:, self.rep], x[:, self.ghost]
+        convs = [self.LoRA] if self.LoRA is not None else list(self.LoRAs)
+        w = torch.stack([c.weight[:, 0] for c in convs])
+        o_h, o_v, o_s = shiftwise_reference(x_r, w, self.slot_h, self.slot_v, self.ident, big_kernel=self.K)
+        z = self.bn_lora1(o_h) + self.bn_lora2(o_v) + self.bn_small(o_s) + x_r
+        return torch.cat([z, x_g], dim=1)
+
+
+class RefSE(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.down, self.up = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.up(F.relu(self.down(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class RefGRN(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.gamma, self.beta = nn.Parameter(torch.zeros(1, 1, 1, c)), nn.Parameter(torch.zeros(1, 1, 1, c))
+
+    def forward(self, x):
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        return (self.gamma * gx / (gx.mean(dim=-1, keepdim=True) + 1e-6) + 1) * x + self.beta
+
+
+class Perm(nn.Module):
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+class RefBlock(nn.Module):
+    def __init__(self, dim, K):
+        super().__init__()
+        self.large_kernel = RefOperator(dim, K)
+        self.norm = nn.BatchNorm2d(dim)
+        self.se = RefSE(dim)
+        self.pwconv1 = nn.Sequential(Perm(0, 2, 3, 1), nn.Linear(dim, 4 * dim))
+        self.act = nn.Sequential(nn.GELU(), RefGRN(4 * dim))
+        self.pwconv2 = nn.Sequential(
+            nn.Linear(4 * dim, dim, bias=False), Perm(0, 3, 1, 2), nn.BatchNorm2d(dim)
+        )
+        self.gamma = nn.Parameter(1e-6 * torch.ones(dim))
+
+    def forward(self, x):
+        y = self.se(self.norm(self.large_kernel(x)))
+        y = self.pwconv2(self.act(self.pwconv1(y)))
+        return x + self.gamma.view(1, -1, 1, 1) * y  # residual in the ORIGINAL channel order
+
+
+class RefNet(nn.Module):
+    def __init__(self, depths, dims, kernel_sizes, num_classes):
+        super().__init__()
+        self.downsample_layers = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(3, dims[0] // 2, 3, 2, 1),
+                    RefLayerNormCF(dims[0] // 2),
+                    nn.GELU(),
+                    nn.Conv2d(dims[0] // 2, dims[0], 3, 2, 1),
+                    RefLayerNormCF(dims[0]),
+                )
+            ]
+        )
+        for i in range(3):
+            self.downsample_layers.append(
+                nn.Sequential(nn.Conv2d(dims[i], dims[i + 1], 3, 2, 1), RefLayerNormCF(dims[i + 1]))
+            )
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[RefBlock(dims[i], kernel_sizes[i]) for _ in range(depths[i])]) for i in range(4)
+        )
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x):
+        for i in range(4):
+            x = self.stages[i](self.downsample_layers[i](x))
+        return self.head(self.norm(x.mean([-2, -1])))
+
+
+def build_reference(**cfg):
+    """RefNet(**cfg); the global RNG states its operators reseed are put back afterwards."""
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return RefNet(**cfg)
+    finally:
+        np.random.set_state(np_state)
+
+
+def random_reference(seed=0, merged=False, **cfg):
+    """An eval-mode reference network with every parameter and BN statistic random (layer scales ~1, so
+    a wrong permutation anywhere shows in the logits), in float64."""
+    cfg = {**SMALL, "num_classes": N_CLASSES, **cfg}
+    net = build_reference(**cfg).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.5 if p.dim() == 1 else 0.2))
+            if name.endswith("gamma") and p.dim() == 1:
+                p.add_(1.0)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(
+                    torch.randn(m.running_mean.shape, generator=g, dtype=torch.float64) * 0.3
+                )
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=torch.float64) + 0.5)
+                m.num_batches_tracked.fill_(17)
+    if merged:
+        for m in net.modules():
+            if isinstance(m, RefOperator):
+                m.merge_branches()
+    return net.eval()
+
+
+def our_model(sd, **cfg):
+    model = swtasks.create_model("shiftwise_atto", num_classes=N_CLASSES, **{**SMALL, **cfg}).double().eval()
+    model.load_state_dict(sd)
+    return model
+
+
+def images(n=2, size=64, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------------ equivalence
+
+
+def test_oracle_has_the_reference_layout():
+    ref = random_reference()
+    keys = ref.state_dict().keys()
+    p = "stages.0.0.large_kernel."
+    assert {
+        p + "LoRAs.0.weight",
+        p + "LoRAs.1.weight",
+        p + "bn_lora1.running_var",
+        p + "bn_small.weight",
+    } <= keys
+    assert ref.state_dict()[p + "LoRAs.0.weight"].shape == (12 * 5, 1, 3, 3)  # C=16: R=12, K=13: nk=5
+    assert {
+        "stages.0.0.pwconv1.1.weight",
+        "stages.0.0.act.1.gamma",
+        "stages.0.0.pwconv2.2.running_mean",
+        "stages.0.0.se.down.weight",
+        "downsample_layers.0.4.weight",
+        "norm.weight",
+        "head.bias",
+    } <= keys
+    # the permutation is not the identity: conversion has something to undo
+    lk = ref.stages[0][0].large_kernel
+    assert not torch.equal(torch.cat([lk.rep, lk.ghost]), torch.arange(16))
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
+def test_converted_model_computes_the_reference_logits(merged):
+    ref = random_reference(merged=merged)
+    src = ref.state_dict()
+    assert any(k.endswith("large_kernel.LoRA.weight") for k in src) == merged
+    converted = convert_shiftwise_official({"model": src, "epoch": 3}, arch="atto", **SMALL)
+    assert "num_classes" not in SMALL  # taken from the checkpoint's head
+    model = our_model(converted)
+    x = images()
+    with torch.no_grad():
+        expected, got = ref(x), model(x)
+    assert got.shape == (2, N_CLASSES)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    # and the same after our re-parameterisation into the deploy form
+    model.reparameterize()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-7, atol=1e-7)
+
+
+def test_the_channel_permutation_is_needed():
+    """Sanity of the oracle: loading the reference tensors without the permutation gives other logits."""
+    ref = random_reference()
+    converted = convert_shiftwise_official(ref.state_dict(), arch="atto", **SMALL)
+    raw = dict(converted)
+    for k in raw:
+        if k.endswith((".norm.weight", ".se.up.bias", "pwconv1.1.weight")) and k.startswith("stages."):
+            raw[k] = ref.state_dict()[k]
+    x = images()
+    with torch.no_grad():
+        assert not torch.allclose(our_model(raw)(x), ref(x), atol=1e-3)
+
+
+def test_prefixes_and_wrappers_are_stripped():
+    src = random_reference().state_dict()
+    plain = convert_shiftwise_official(src, arch="atto", **SMALL)
+    for wrapped in (
+        {"state_dict": {"module." + k: v for k, v in src.items()}},
+        {"model_ema": {"backbone." + k: v for k, v in src.items()}},
+    ):
+        out = convert_shiftwise_official(wrapped, arch="atto", **SMALL)
+        assert out.keys() == plain.keys() and all(torch.equal(out[k], plain[k]) for k in out)
+
+
+def test_tables_match_the_reference_draws_and_leave_global_rng_alone():
+    torch.manual_seed(5)
+    np.random.seed(5)
+    before_t, before_n = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    tables = reference_tables(80, 51, 3, 0.23, 4)  # tiny, stage 1
+    assert torch.equal(torch.random.get_rng_state(), before_t) and np.array_equal(
+        np.random.get_state()[1], before_n
+    )
+    assert tables["rep_idx"].numel() == 60 and tables["ghost_idx"].numel() == 20
+    assert tables["slot_h"].shape == (4, 1020) and tables["ident"].shape == (4, 60)
+    layer = swtasks.create_model("shiftwise_tiny", depths=(1, 0, 0, 0)).stages[0][0].large_kernel
+    for name, t in tables.items():
+        assert torch.equal(getattr(layer, name), t), name
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+
+def test_missing_unexpected_and_misshaped_keys_are_reported():
+    src = dict(random_reference().state_dict())
+    del src["stages.1.0.large_kernel.LoRAs.1.weight"]
+    del src["stages.2.1.norm.running_var"]
+    src["stages.0.0.se.down.weight"] = src["stages.0.0.se.down.weight"][:, :5]
+    src["stages.3.0.large_kernel.bn_lora2.weight"] = torch.ones(3, dtype=torch.float64)
+    src["stages.0.0.extra.weight"] = torch.zeros(2)
+    with pytest.raises(CheckpointMismatchError) as info:
+        convert_shiftwise_official(src, arch="atto", **SMALL)
+    msg = str(info.value)
+    assert "missing keys (2)" in msg and "unexpected keys (1)" in msg and "mis-shaped keys (2)" in msg
+    for key in (
+        "stages.1.0.large_kernel.LoRAs.1.weight",
+        "stages.2.1.norm.running_var",
+        "stages.0.0.extra.weight",
+        "stages.0.0.se.down.weight (file (4, 5, 1, 1), expected (4, 16, 1, 1))",
+        "stages.3.0.large_kernel.bn_lora2.weight (file (3,), expected (30,))",
+    ):
+        assert key in msg
+
+
+def test_wrong_arch_is_refused_with_a_hint():
+    src = random_reference().state_dict()
+    with pytest.raises(
+        CheckpointMismatchError, match=r"the file has depths \(1, 1, 2, 1\), dims \(16, 24, 32, 40\)"
+    ):
+        convert_shiftwise_official(src, arch="atto")
+
+
+# ------------------------------------------------------------------------------------------ files and CLI
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint", ROOT / "tools" / "convert_checkpoint.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_command_line_writes_a_checkpoint_that_create_model_loads(tmp_path, capsys):
+    ref = random_reference(merged=True)
+    src_path = tmp_path / "ref.pth"
+    # the reference's checkpoint layout: ConvNeXt-style, with its argparse Namespace pickled in
+    torch.save(
+        {
+            "model": {"module." + k: v for k, v in ref.state_dict().items()},
+            "optimizer": {},
+            "epoch": 299,
+            "args": argparse.Namespace(model="ShiftWise_v2_tiny", lr=4e-3),
+        },
+        src_path,
+    )
+    out = tmp_path / "sub" / "converted.pth"
+    argv = ["--source", "shiftwise-official", str(src_path), str(out), "--arch", "atto"]
+    argv += [f"--set={k}={v!r}" for k, v in SMALL.items()]
+    assert _tool().main(argv) == 0
+    assert "merged=True" in capsys.readouterr().out
+    assert [p.name for p in out.parent.iterdir()] == ["converted.pth"], "no temporary file left behind"
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["architecture"] == "shiftwise_atto" and meta["num_classes"] == N_CLASSES and meta["merged"]
+    model = swtasks.create_model("shiftwise_atto", num_classes=N_CLASSES, checkpoint_path=out, **SMALL)
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model.double().eval()(x), ref(x), rtol=1e-5, atol=1e-5)  # float32 file
+
+
+def test_failed_conversion_leaves_no_output(tmp_path):
+    src = dict(random_reference().state_dict())
+    del src["head.weight"]
+    src_path, out = tmp_path / "ref.pth", tmp_path / "out.pth"
+    torch.save(src, src_path)
+    with pytest.raises(CheckpointMismatchError, match="head.weight"):
+        convert_checkpoint_file(src_path, out, arch="atto", num_classes=N_CLASSES, **SMALL)
+    assert list(tmp_path.iterdir()) == [src_path]
+    with pytest.raises(ValueError, match="unknown checkpoint source"):
+        convert_checkpoint_file(src_path, out, source="slak")
+
+
+@pytest.mark.slow
+def test_tiny_reference_layout_converts_into_shiftwise_tiny():
+    """The published model's layout: 1023 entries, 31,790,260 parameters; converts and loads strictly."""
+    ref = build_reference(
+        depths=(3, 3, 18, 3), dims=(80, 160, 320, 640), kernel_sizes=(51, 49, 47, 13), num_classes=1000
+    )
+    sd = ref.state_dict()
+    assert len(sd) == 1023
+    assert sum(p.numel() for p in ref.parameters()) == 31_790_260
+    converted = convert_shiftwise_official({"model": sd})
+    model = swtasks.create_model("shiftwise_tiny")
+    model.load_state_dict(converted)  # strict
+    torch.testing.assert_close(
+        model.stages[2][5].se.up.bias[ref.stages[2][5].large_kernel.rep],
+        sd["stages.2.5.se.up.bias"][: ref.stages[2][5].large_kernel.rep.numel()],
+    )
