@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
 
@@ -72,8 +73,8 @@ def main(argv=None) -> None:
         with torch.no_grad():
             a, b = train_form(x).float(), deploy(x).float()
             diff = ((a - b).abs().max() / a.abs().max()).item()
-            t_train = _time(lambda m=train_form: m(x), device, 1, args.repeats)
-            t_deploy = _time(lambda m=deploy: m(x), device, 1, args.repeats)
+            t_train = _time(functools.partial(train_form, x), device, 1, args.repeats)
+            t_deploy = _time(functools.partial(deploy, x), device, 1, args.repeats)
         print(
             f"| {C} | {K} | {hw}x{hw} | {t_train:.1f} | {t_deploy:.1f} | {t_train / t_deploy:.2f}x | {diff:.1e} |"
         )
