@@ -59,7 +59,9 @@ if ! have_mmcv; then
     log "build log: $build/build.log"
     # mmcv's setup.py imports pkg_resources (gone from setuptools >= 80): build with an older
     # setuptools, then put back the one torch asks for.
-    "${PIP[@]}" install -q "setuptools<70" ninja
+    # (pip warns there that torch wants setuptools>=77: expected; it is restored right after the build)
+    "${PIP[@]}" install -q "setuptools<70" ninja >"$build/setuptools.log" 2>&1 \
+      || { cat "$build/setuptools.log" >&2; exit 1; }
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV_VERSION" -d "$build"
     tar -xzf "$build"/mmcv-"$MMCV_VERSION".tar.gz -C "$build"
     src="$build/mmcv-$MMCV_VERSION"
@@ -90,6 +92,11 @@ if ! have_mmcv; then
   "${PIP[@]}" install -q --no-deps "$wheel"
   # mmcv's own runtime requirements (no-deps above keeps pip from trying to rebuild it)
   "${PIP[@]}" install -q addict mmengine packaging Pillow pyyaml yapf opencv-python-headless
+fi
+
+# An interrupted build can leave the old setuptools behind; torch needs >= 77.
+if ! "$PY" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; then
+  "${PIP[@]}" install -q "setuptools>=77"
 fi
 
 log "installing swtasks (editable) with its test extra"
