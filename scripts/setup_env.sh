@@ -13,6 +13,7 @@ CACHE="${SWTASKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/swtasks}"
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
+SETUPTOOLS="setuptools>=77,<81"  # torch 2.14 needs >= 77; mmengine 0.10.7 needs pkg_resources (gone in 81)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -57,8 +58,8 @@ if ! have_mmcv; then
     log "building mmcv $MMCV_VERSION ($flavour ops) from source: no wheel exists for torch $TORCH_VERSION."
     log "this happens once per machine and takes about 15 minutes on 2 cores; the wheel is cached in $wheel_dir"
     log "build log: $build/build.log"
-    # mmcv's setup.py imports pkg_resources (gone from setuptools >= 80): build with an older
-    # setuptools, then put back the one torch asks for.
+    # mmcv's setup.py was written for the setuptools of 2023 (pkg_resources and friends): build with
+    # setuptools<70, then put back the range torch (>= 77) and mmengine (pkg_resources, < 81) need.
     # (pip warns there that torch wants setuptools>=77: expected; it is restored right after the build)
     "${PIP[@]}" install -q "setuptools<70" ninja >"$build/setuptools.log" 2>&1 \
       || { cat "$build/setuptools.log" >&2; exit 1; }
@@ -73,12 +74,12 @@ if ! have_mmcv; then
           "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$build/dist" . >"$build/build.log" 2>&1); then
       grep -n -m 20 -E 'error|Error' "$build/build.log" >&2 || true
       tail -n 40 "$build/build.log" >&2
-      "${PIP[@]}" install -q "setuptools>=77"
+      "${PIP[@]}" install -q "$SETUPTOOLS"
       log "mmcv build FAILED (full log: $build/build.log)."
       log "See README.md, section 'Troubleshooting: the mmcv build'."
       exit 1
     fi
-    "${PIP[@]}" install -q "setuptools>=77"
+    "${PIP[@]}" install -q "$SETUPTOOLS"
     log "mmcv built in $(( $(date +%s) - start )) s"
     mkdir -p "$wheel_dir"
     # Copy then rename, so a crash never leaves a half-written wheel in the cache.
@@ -94,9 +95,10 @@ if ! have_mmcv; then
   "${PIP[@]}" install -q addict mmengine packaging Pillow pyyaml yapf opencv-python-headless
 fi
 
-# An interrupted build can leave the old setuptools behind; torch needs >= 77.
-if ! "$PY" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; then
-  "${PIP[@]}" install -q "setuptools>=77"
+# An interrupted build can leave the old setuptools behind; torch needs >= 77 and mmengine's config
+# loader (`_base_ = 'mmdet::...'`) needs pkg_resources, which setuptools 81 removed.
+if ! "$PY" -c "import pkg_resources, setuptools, sys; sys.exit(not 77 <= int(setuptools.__version__.split('.')[0]) < 81)" 2>/dev/null; then
+  "${PIP[@]}" install -q "$SETUPTOOLS"
 fi
 
 log "installing swtasks (editable) with its test extra"

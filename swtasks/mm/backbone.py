@@ -1,0 +1,455 @@
+"""ShiftWiseNet (and the peer families) as MMDetection / MMSegmentation backbones.
+
+    backbone=dict(type='ShiftWiseNet', arch='tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.4,
+                  layer_scale_init_value=1.0, frozen_stages=-1, norm_eval=False, with_cp=False,
+                  sparse=False, deploy=False,
+                  init_cfg=dict(type='Pretrained', checkpoint='work_dirs/cls/last.ckpt', prefix='backbone.'))
+
+The wrapper builds the network with ``swtasks.create_model(name, features_only=True, ...)`` and *shares* its
+parameter/buffer/submodule tables, so the backbone's state-dict names are the network's own
+(``downsample_layers.*``, ``stages.{s}.{b}.*``, ``norm{i}.*`` for the output norms) and a detector checkpoint
+reads ``backbone.stages.0.0...`` - the same names the layer-wise lr decay and the checkpoint converters use.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import numbers
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .checkpoint import (
+    CLASSIFIER_PREFIXES,
+    CheckpointMismatchError,
+    compare_state_dicts,
+    extract_state_dict,
+    format_mismatch,
+    read_checkpoint,
+    select_backbone_weights,
+)
+
+_OUT_NORM = re.compile(r"^norm\d+\.")
+# variant aliases between families that spell sizes differently (shiftwise_tiny vs unireplknet_t)
+_SIZE_ALIASES = {
+    "tiny": "t",
+    "small": "s",
+    "base": "b",
+    "large": "l",
+    "t": "tiny",
+    "s": "small",
+    "b": "base",
+    "l": "large",
+}
+_SHARED_TABLES = (
+    "_parameters",
+    "_buffers",
+    "_non_persistent_buffers_set",
+    "_modules",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+class RegistryBackbone(BaseModule):
+    """An mmengine ``BaseModule`` around a ``swtasks`` registry network with ``features_only=True``.
+
+    Args:
+        arch: a variant name of the family (``'tiny'``, ``'small'``, ..., or the full registry name such as
+            ``'shiftwise_tiny'``), or a dict of architecture overrides (``depths``, ``dims``,
+            ``kernel_sizes``, ...; ``base`` picks the variant they modify, default ``'tiny'``).
+        out_indices: stages whose output maps are returned (each through its own LayerNorm).
+        frozen_stages: -1 trains everything; 0 freezes the stem; k >= 1 freezes the stem and stages 1..k
+            with their downsampling layers (no gradients, BatchNorm in eval mode). The output norms stay
+            trainable (they are new layers).
+        norm_eval: keep every BatchNorm in eval mode during training (statistics fixed).
+        with_cp: gradient checkpointing of the blocks (less memory, more compute).
+        drop_path_rate: stochastic depth rising linearly to this value over the blocks.
+        layer_scale_init_value: layer-scale init (1.0 for dense tasks, the reference's setting); ignored by
+            families without layer scale when None.
+        sparse: keep the sparsity pattern of the loaded weights fixed while fine-tuning (masks on the
+            shift-wise operators' zero small kernels).
+        deploy: build the re-parameterised inference structure (training-form checkpoints are
+            re-parameterised while loading).
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix='backbone.')``; extra keys
+            ``strict`` (default True: any missing / unexpected / mis-shaped key is an error) and
+            ``map_location``. Other init types go to mmengine's initialisers.
+        **model_kwargs: further keyword arguments of the registry factory (validated there).
+    """
+
+    family = ""
+
+    def __init__(
+        self,
+        arch: str | Mapping = "tiny",
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        with_cp: bool = False,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float | None = 1.0,
+        sparse: bool = False,
+        deploy: bool = False,
+        init_cfg: dict | list | None = None,
+        **model_kwargs,
+    ):
+        super().__init__(init_cfg=init_cfg)
+        name, overrides = self._resolve_arch(arch)
+        num_stages = len(overrides.get("depths", ())) or 4
+        self.out_indices = self._check_out_indices(out_indices, num_stages)
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, numbers.Integral):
+            raise TypeError(f"frozen_stages must be an int, got {frozen_stages!r}")
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f"frozen_stages must be in [-1, {num_stages}], got {frozen_stages}")
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, numbers.Real):
+            raise TypeError(f"drop_path_rate must be a float, got {drop_path_rate!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        self.frozen_stages = int(frozen_stages)
+        self.norm_eval = _check_bool("norm_eval", norm_eval)
+        self.with_cp = _check_bool("with_cp", with_cp)
+        self.sparse = _check_bool("sparse", sparse)
+        self.deploy = _check_bool("deploy", deploy)
+        if self.sparse and self.deploy:
+            raise ValueError(
+                "sparse=True needs the training structure; it cannot be combined with deploy=True"
+            )
+        self.arch = copy.deepcopy(arch)
+        self.model_name = name
+        self._arch_overrides = dict(overrides)
+        kwargs = {**overrides, **model_kwargs}
+        if layer_scale_init_value is not None:
+            kwargs["layer_scale_init_value"] = layer_scale_init_value
+        self._create_kwargs = dict(
+            features_only=True,
+            out_indices=self.out_indices,
+            drop_path_rate=float(drop_path_rate),
+            **kwargs,
+        )
+        self._adopt(self._create(deploy=self.deploy))
+        if self.with_cp:
+            if not hasattr(self._net, "set_grad_checkpointing"):
+                raise ValueError(f"with_cp=True: {type(self._net).__name__} has no set_grad_checkpointing()")
+            self._net.set_grad_checkpointing(True)
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def available_archs(cls) -> list[str]:
+        from swtasks.models import list_models
+
+        names = list_models(f"{cls.family}_*")
+        return [n[len(cls.family) + 1 :] for n in names]
+
+    @classmethod
+    def _resolve_arch(cls, arch) -> tuple[str, dict]:
+        from swtasks.models import is_model
+
+        if isinstance(arch, Mapping):
+            overrides = dict(arch)
+            base = overrides.pop("base", "tiny")
+            name, _ = cls._resolve_arch(base)
+            return name, overrides
+        if not isinstance(arch, str):
+            raise TypeError(f"arch must be a variant name or a dict of overrides, got {arch!r}")
+        candidates = [f"{cls.family}_{arch}", arch]
+        if arch in _SIZE_ALIASES:
+            candidates.append(f"{cls.family}_{_SIZE_ALIASES[arch]}")
+        for cand in candidates:
+            if cand.startswith(f"{cls.family}_") and is_model(cand):
+                return cand, {}
+        known = ", ".join(repr(a) for a in cls.available_archs()) or "(none registered)"
+        raise ValueError(f"unknown arch {arch!r} for {cls.__name__}; available: {known}")
+
+    @staticmethod
+    def _check_out_indices(out_indices, num_stages: int) -> tuple[int, ...]:
+        if isinstance(out_indices, numbers.Integral) and not isinstance(out_indices, bool):
+            out_indices = (out_indices,)
+        if not isinstance(out_indices, Sequence) or isinstance(out_indices, str) or not out_indices:
+            raise TypeError(f"out_indices must be a non-empty sequence of ints, got {out_indices!r}")
+        out = []
+        for i in out_indices:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise TypeError(f"out_indices must hold ints, got {i!r} in {out_indices!r}")
+            if not -num_stages <= i < num_stages:
+                raise ValueError(
+                    f"out_indices value {i} is out of range for {num_stages} stages (valid: 0..{num_stages - 1})"
+                )
+            out.append(int(i) % num_stages)
+        if len(set(out)) != len(out):
+            raise ValueError(f"out_indices has duplicates: {tuple(out_indices)!r}")
+        return tuple(sorted(out))
+
+    def _create(self, deploy: bool) -> nn.Module:
+        from swtasks.models import create_model
+
+        return create_model(self.model_name, deploy=deploy, **self._create_kwargs)
+
+    def _adopt(self, net: nn.Module) -> None:
+        """Share ``net``'s module tables: the wrapper's children, parameters and buffers ARE the network's."""
+        object.__setattr__(self, "_net", net)
+        for table in _SHARED_TABLES:
+            if hasattr(net, table):
+                object.__setattr__(self, table, getattr(net, table))
+        info = getattr(net, "feature_info", None)
+        chans = []
+        if info is not None:
+            try:
+                chans = [int(f["num_chs"]) for f in info]
+            except (TypeError, KeyError):
+                chans = list(info.channels()) if hasattr(info, "channels") else []
+        if len(chans) > len(self.out_indices):
+            chans = [chans[i] for i in self.out_indices]
+        self.out_channels = chans
+
+    # ------------------------------------------------------------------ nn.Module behaviour
+
+    @property
+    def net(self) -> nn.Module:
+        """The wrapped registry network (shares every parameter and buffer with this module)."""
+        return self._net
+
+    @property
+    def feature_info(self):
+        return getattr(self._net, "feature_info", None)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self._net(x))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._net.training = mode
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def _stage_modules(self, k: int) -> list[nn.Module]:
+        """Modules frozen by ``frozen_stages=k``: the stem, then stage i with its downsampling layer."""
+        down = getattr(self._net, "downsample_layers", None)
+        stages = getattr(self._net, "stages", None)
+        if down is None or stages is None:
+            raise NotImplementedError(
+                f"frozen_stages={k} needs a downsample_layers/stages network; {type(self._net).__name__} has not"
+            )
+        mods = [down[0]]
+        for i in range(k):
+            mods.append(stages[i])
+            if i > 0:
+                mods.append(down[i])
+        return mods
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        for m in self._stage_modules(self.frozen_stages):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def no_weight_decay(self):
+        fn = getattr(self._net, "no_weight_decay", None)
+        return set(fn()) if callable(fn) else set()
+
+    @property
+    def depths(self):
+        stages = getattr(self._net, "stages", None)
+        return [len(s) for s in stages] if stages is not None else None
+
+    def reparameterize(self) -> None:
+        """Turn the training structure into the deploy structure in place (eval semantics)."""
+        self._net.reparameterize()
+        self.deploy = True
+        self.sparse = False
+
+    switch_to_deploy = reparameterize
+
+    # ------------------------------------------------------------------ weights
+
+    def _pretrained_cfg(self) -> tuple[dict | None, list]:
+        cfgs = self.init_cfg
+        if cfgs is None:
+            return None, []
+        cfgs = [cfgs] if isinstance(cfgs, Mapping) else list(cfgs)
+        pretrained = [c for c in cfgs if c.get("type") == "Pretrained"]
+        others = [c for c in cfgs if c.get("type") != "Pretrained"]
+        if len(pretrained) > 1:
+            raise ValueError(f"init_cfg has {len(pretrained)} Pretrained entries; give one")
+        return (dict(pretrained[0]) if pretrained else None), others
+
+    def init_weights(self) -> None:
+        pretrained, others = self._pretrained_cfg()
+        if others:
+            from mmengine.model import initialize
+
+            initialize(self, others)
+        if pretrained is not None:
+            if "checkpoint" not in pretrained or not pretrained["checkpoint"]:
+                raise ValueError(f"init_cfg {pretrained!r} has no 'checkpoint'")
+            self.load_pretrained(
+                pretrained["checkpoint"],
+                prefix=pretrained.get("prefix"),
+                strict=pretrained.get("strict", True),
+                map_location=pretrained.get("map_location", "cpu"),
+            )
+        elif self.sparse:
+            print_log(
+                f"{type(self).__name__}: sparse=True without a Pretrained checkpoint: masks come from the "
+                "initial weights (dense: no mask)",
+                logger="current",
+                level=logging.WARNING,
+            )
+            self._apply_sparse_masks()
+        self._is_init = True
+
+    def _new_keys(self, keys) -> set[str]:
+        return {k for k in keys if _OUT_NORM.match(k)}
+
+    @torch.no_grad()
+    def load_pretrained(
+        self, checkpoint, prefix: str | None = None, strict: bool = True, map_location="cpu"
+    ) -> dict:
+        """Load backbone weights from a checkpoint file / URL / state dict (see :mod:`swtasks.mm.checkpoint`).
+
+        Returns a report dict (``source``, ``selected``, ``loaded``, ``new``, ``ignored``). With
+        ``strict=True`` any real mismatch raises ``CheckpointMismatchError`` naming the keys; with
+        ``strict=False`` the fitting tensors load and the rest is logged.
+        """
+        source = checkpoint if isinstance(checkpoint, str) else "state dict"
+        obj = read_checkpoint(checkpoint, map_location) if isinstance(checkpoint, str) else checkpoint
+        sd = extract_state_dict(obj, source=source)
+        sd = self._maybe_convert(sd, source)
+        own = self.state_dict()
+        weights, how = select_backbone_weights(sd, own.keys(), prefix=prefix, source=source)
+        target = f"{type(self).__name__}(arch={self.arch!r}{', deploy=True' if self.deploy else ''})"
+        missing, unexpected, mismatched = compare_state_dicts(own, weights, new_keys=self._new_keys(own))
+        if (missing or unexpected or mismatched) and self.deploy:
+            # a training-form checkpoint for a deploy-form backbone: load, then re-parameterise
+            train = self._create(deploy=False)
+            t_own = train.state_dict()
+            t_miss, t_unexp, t_mis = compare_state_dicts(t_own, weights, new_keys=self._new_keys(t_own))
+            if not (t_miss or t_unexp or t_mis):
+                train.load_state_dict({k: v for k, v in weights.items() if k in t_own}, strict=False)
+                train.eval()
+                train.reparameterize()
+                weights = train.state_dict()
+                how += " (training structure, re-parameterised while loading)"
+                missing, unexpected, mismatched = compare_state_dicts(
+                    own, weights, new_keys=self._new_keys(own)
+                )
+        ignored = sorted(
+            {k.split(".", 1)[0] + ".*" for k in weights if k not in own and k.startswith(CLASSIFIER_PREFIXES)}
+        )
+        if missing or unexpected or mismatched:
+            msg = format_mismatch(f"checkpoint {source!r} ({how})", target, missing, unexpected, mismatched)
+            if strict:
+                raise CheckpointMismatchError(msg)
+            print_log(
+                msg + " -- loading the fitting tensors (strict=False)",
+                logger="current",
+                level=logging.WARNING,
+            )
+        bad = {k for k, _, _ in mismatched}
+        to_load = {k: v for k, v in weights.items() if k in own and k not in bad}
+        # kernel masks saved by sparse training load into layers that have none yet (handled by the layer)
+        to_load.update({k: v for k, v in weights.items() if k.endswith("kernel_mask") and k not in own})
+        self.load_state_dict(to_load, strict=False)
+        new = sorted({k.split(".", 1)[0] for k in self._new_keys(own) if k not in weights})
+        report = {
+            "source": source,
+            "selected": how,
+            "loaded": len(to_load),
+            "new": new,
+            "ignored": ignored,
+        }
+        print_log(
+            f"{type(self).__name__}: loaded {len(to_load)} tensors from {source} ({how}); "
+            f"kept at init: {', '.join(new) or 'nothing'}; ignored: {', '.join(ignored) or 'nothing'}",
+            logger="current",
+        )
+        if self.sparse:
+            self._apply_sparse_masks()
+        return report
+
+    def _maybe_convert(self, sd: dict, source: str) -> dict:
+        """Hook for checkpoints in a foreign layout (overridden where a converter exists)."""
+        return sd
+
+    def _apply_sparse_masks(self) -> dict:
+        from swtasks.sparse import masks_from_weights
+
+        masks = masks_from_weights(self)
+        total = sum(int(m.numel()) for m in masks.values())
+        kept = sum(int(m.sum()) for m in masks.values())
+        density = f"{kept / total:.3f}" if total else "1 (no zero kernels found)"
+        print_log(
+            f"{type(self).__name__}: sparse=True: {len(masks)} shift-wise layers masked, kernel density {density}",
+            logger="current",
+        )
+        return masks
+
+
+class ShiftWiseNet(RegistryBackbone):
+    """ShiftWiseNet (shift-wise large-kernel ConvNet) backbone; see :class:`RegistryBackbone`."""
+
+    family = "shiftwise"
+
+    def _maybe_convert(self, sd: dict, source: str) -> dict:
+        if not any(".large_kernel.LoRAs." in k or ".large_kernel.bn_lora1." in k for k in sd):
+            return sd
+        try:
+            from swtasks.convert import convert_shiftwise_official
+        except ImportError:
+            raise CheckpointMismatchError(
+                f"{source} is in the reference implementation's layout (large_kernel.LoRAs.*); convert it first "
+                "with tools/convert_checkpoint.py"
+            ) from None
+        print_log(f"{source}: the reference implementation's layout; converting it", logger="current")
+        return convert_shiftwise_official(sd, arch=self.model_name, **self._arch_overrides)
+
+
+class UniRepLKNet(RegistryBackbone):
+    """UniRepLKNet backbone from the swtasks registry (peer comparison); see :class:`RegistryBackbone`."""
+
+    family = "unireplknet"
+
+
+class SLaK(RegistryBackbone):
+    """SLaK backbone from the swtasks registry (peer comparison); see :class:`RegistryBackbone`."""
+
+    family = "slak"
+
+
+class SWConvNeXt(RegistryBackbone):
+    """ConvNeXt from the swtasks registry (peer comparison; named so as not to clash with mmpretrain's)."""
+
+    family = "convnext"
+
+
+class KWResNet(RegistryBackbone):
+    """KernelWarehouse ResNet from the swtasks registry (peer comparison); see :class:`RegistryBackbone`."""
+
+    family = "kw"
+
+    def __init__(self, arch="resnet18_1x", layer_scale_init_value=None, **kwargs):
+        super().__init__(arch=arch, layer_scale_init_value=layer_scale_init_value, **kwargs)
+
+
+BACKBONES = (ShiftWiseNet, UniRepLKNet, SLaK, SWConvNeXt, KWResNet)

@@ -1,0 +1,234 @@
+"""Command-line entry points behind tools/{train,test}_{det,seg}.py: mmengine ``Runner`` with the usual options.
+
+    python tools/train_det.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
+                              [--data-root DIR] [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
+    python tools/test_det.py  CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--data-root DIR] ...
+
+Multi-GPU: ``torchrun --nproc_per_node=8 tools/train_det.py CONFIG --launcher pytorch``;
+Slurm: ``srun --ntasks=16 --ntasks-per-node=8 --gres=gpu:8 python -u tools/train_det.py CONFIG --launcher slurm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import os.path as osp
+from collections.abc import Sequence
+
+FRAMEWORKS = {"det": "mmdet", "seg": "mmseg"}
+
+
+def _parser(task: str, mode: str) -> argparse.ArgumentParser:
+    from mmengine.config import DictAction
+
+    what = {"det": "a detector (MMDetection 3.x)", "seg": "a segmentor (MMSegmentation 1.x)"}[task]
+    p = argparse.ArgumentParser(
+        prog=f"tools/{mode}_{task}.py",
+        description=f"{'Train' if mode == 'train' else 'Test'} {what} with a swtasks backbone.",
+    )
+    p.add_argument("config", help=f"config file (e.g. configs/{task}/...py)")
+    if mode == "test":
+        p.add_argument(
+            "checkpoint", help="checkpoint written by the trainer (or by tools/reparameterize_mm.py)"
+        )
+    p.add_argument("--work-dir", help="where logs and checkpoints go (default: ./work_dirs/<config name>)")
+    if mode == "train":
+        p.add_argument(
+            "--amp",
+            action="store_true",
+            help="automatic mixed precision (AmpOptimWrapper, dynamic loss scale)",
+        )
+        p.add_argument(
+            "--auto-scale-lr",
+            action="store_true",
+            help="scale the lr linearly with the total batch size (auto_scale_lr)",
+        )
+        p.add_argument(
+            "--resume",
+            nargs="?",
+            type=str,
+            const="auto",
+            help="resume from CHECKPOINT, or (no value) from the latest checkpoint in the work dir",
+        )
+    else:
+        p.add_argument(
+            "--out",
+            help=("also dump the raw predictions: a .pkl file (det) or a directory of PNG label maps (seg)"),
+        )
+    p.add_argument(
+        "--data-root",
+        help="dataset root replacing the config's (every dataloader's data_root and the evaluators' ann_file)",
+    )
+    p.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        help="override config entries, key=value (e.g. model.backbone.init_cfg.checkpoint=x.ckpt "
+        "train_dataloader.batch_size=4)",
+    )
+    p.add_argument(
+        "--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher"
+    )
+    # torch.distributed.launch passes --local-rank (torchrun sets LOCAL_RANK instead)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def _replace_root(value, old: str | None, new: str):
+    if isinstance(value, str) and old and value.startswith(old):
+        return osp.join(new, value[len(old) :].lstrip("/"))
+    return value
+
+
+def set_data_root(cfg, new_root: str) -> list[str]:
+    """Point every dataset of ``cfg`` (train/val/test dataloaders, wrapped datasets included) and the
+    evaluators' ``ann_file`` at ``new_root``; returns the entries changed (for the log)."""
+    changed = []
+
+    def visit(node, path):
+        if isinstance(node, dict):
+            if "data_root" in node and isinstance(node["data_root"], str):
+                old = node["data_root"]
+                node["data_root"] = new_root
+                changed.append(f"{path}.data_root")
+                roots.append(old)
+            for k, v in list(node.items()):
+                visit(v, f"{path}.{k}")
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                visit(v, f"{path}[{i}]")
+
+    roots: list[str] = []
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        if cfg.get(key) is not None:
+            visit(cfg[key], key)
+    if "data_root" in cfg and isinstance(cfg.data_root, str):
+        roots.append(cfg.data_root)
+        cfg.data_root = new_root
+    old_roots = sorted(set(roots), key=len, reverse=True)
+    for key in ("val_evaluator", "test_evaluator"):
+        evs = cfg.get(key)
+        if evs is None:
+            continue
+        for i, ev in enumerate(evs if isinstance(evs, (list, tuple)) else [evs]):
+            if isinstance(ev, dict) and isinstance(ev.get("ann_file"), str):
+                for old in old_roots:
+                    new_value = _replace_root(ev["ann_file"], old, new_root)
+                    if new_value != ev["ann_file"]:
+                        ev["ann_file"] = new_value
+                        changed.append(f"{key}[{i}].ann_file")
+                        break
+    return changed
+
+
+@contextlib.contextmanager
+def trusted_checkpoint_loading():
+    """While active, ``torch.load`` calls that do not choose ``weights_only`` load full pickles again.
+
+    Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``, which cannot read the checkpoints that
+    mmengine's Runner writes and reads back itself (``--resume``, ``load_from``, test): they hold the
+    message hub (HistoryBuffer objects with numpy arrays, numpy dtypes reached through ``getattr``). The
+    entry points therefore restore the pre-2.6 default for the Runner, as mmengine expects; only load
+    checkpoints you trust. Calls that pass ``weights_only`` explicitly (swtasks' own loaders try
+    ``weights_only=True`` first) are not affected.
+    """
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    old = os.environ.get(key)
+    forced = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true")
+    if not forced:  # the user asked for weights_only everywhere: respect it
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if not forced:
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def load_config(args, task: str, mode: str):
+    from mmengine.config import Config
+
+    if not osp.isfile(args.config):
+        raise SystemExit(f"config file not found: {args.config}")
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    if mode == "train":
+        if args.amp:
+            if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
+                pass  # already mixed precision
+            else:
+                cfg.optim_wrapper.type = "AmpOptimWrapper"
+                cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+        if args.auto_scale_lr:
+            if not cfg.get("auto_scale_lr") or "base_batch_size" not in cfg.auto_scale_lr:
+                raise SystemExit("--auto-scale-lr: the config has no auto_scale_lr.base_batch_size")
+            cfg.auto_scale_lr.enable = True
+        if args.resume == "auto":
+            cfg.resume = True
+            cfg.load_from = None
+        elif args.resume is not None:
+            cfg.resume = True
+            cfg.load_from = args.resume
+    else:
+        cfg.load_from = args.checkpoint
+        if args.out:
+            _add_dump(cfg, task, args.out)
+    return cfg
+
+
+def _add_dump(cfg, task: str, out: str) -> None:
+    if task == "det":
+        if not out.endswith((".pkl", ".pickle")):
+            raise SystemExit(f"--out must be a .pkl file for detection, got {out!r}")
+        dump = dict(type="DumpDetResults", out_file_path=out)
+        ev = cfg.test_evaluator
+        cfg.test_evaluator = [*ev, dump] if isinstance(ev, (list, tuple)) else [ev, dump]
+    else:
+        # IoUMetric writes one PNG label map per image into output_dir
+        evs = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+        ious = [ev for ev in evs if ev.get("type") == "IoUMetric"]
+        if not ious:
+            raise SystemExit(
+                f"--out needs an IoUMetric in test_evaluator, found {[e.get('type') for e in evs]}"
+            )
+        for ev in ious:
+            ev["output_dir"] = out
+
+
+def _build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    if "runner_type" in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def main(task: str, mode: str, argv: Sequence[str] | None = None):
+    """Run ``tools/{mode}_{task}.py``; returns the Runner (train) or the metrics dict (test)."""
+    if task not in FRAMEWORKS or mode not in ("train", "test"):
+        raise ValueError(
+            f"task must be one of {sorted(FRAMEWORKS)} and mode train/test, got {task!r}, {mode!r}"
+        )
+    args = _parser(task, mode).parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    import swtasks.mm  # noqa: F401  (registers the backbones even for configs without custom_imports)
+
+    cfg = load_config(args, task, mode)
+    with trusted_checkpoint_loading():
+        runner = _build_runner(cfg)
+        if mode == "train":
+            runner.train()
+            return runner
+        return runner.test()

@@ -1,0 +1,176 @@
+"""Convert a trained detector / segmentor checkpoint to the backbone's deploy (re-parameterised) structure.
+
+    python tools/reparameterize_mm.py CONFIG CHECKPOINT OUT.pth [--out-config OUT_CONFIG.py]
+
+The new checkpoint holds ``{'state_dict': ..., 'meta': {..., 'deploy': True}}`` for a model whose backbone is
+built with ``deploy=True``; the matching config (same model, ``backbone.deploy=True``, no pretrained init)
+is written next to it (``OUT.py`` by default), so ``tools/test_det.py OUT.py OUT.pth`` evaluates it. The
+conversion is checked: backbone+neck features of the converted model on a random batch must match those of
+the trained model (eval mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import os
+import os.path as osp
+from collections.abc import Sequence
+
+import torch
+
+
+def _model_registry(cfg):
+    scope = cfg.get("default_scope") or "mmdet"
+    if scope not in ("mmdet", "mmseg"):
+        raise ValueError(f"default_scope {scope!r}: only mmdet and mmseg configs are supported")
+    from mmengine.registry import init_default_scope
+
+    init_default_scope(scope)
+    import swtasks.mm  # noqa: F401
+
+    return importlib.import_module(f"{scope}.registry").MODELS
+
+
+def _backbone_cfg(model_cfg):
+    bb = model_cfg.get("backbone")
+    if bb is None:
+        raise ValueError("the config's model has no backbone")
+    return bb
+
+
+def build_model(cfg, deploy: bool | None = None):
+    """The config's model, without pretrained initialisation (weights come from a checkpoint)."""
+    registry = _model_registry(cfg)
+    model_cfg = copy.deepcopy(cfg.model)
+    bb = _backbone_cfg(model_cfg)
+    bb["init_cfg"] = None
+    if deploy is not None:
+        bb["deploy"] = deploy
+        if deploy:
+            bb["sparse"] = False
+    if "pretrained" in model_cfg:
+        model_cfg["pretrained"] = None
+    return registry.build(model_cfg)
+
+
+@torch.no_grad()
+def _features(model, x):
+    feats = model.extract_feat(x)
+    return [f.float() for f in (feats if isinstance(feats, (list, tuple)) else [feats])]
+
+
+def reparameterize_model(model) -> None:
+    """In place: re-parameterise every module of ``model`` that offers ``reparameterize()`` (the backbone)."""
+    model.eval()
+    done = False
+    for m in model.modules():
+        if m is not model and hasattr(m, "reparameterize") and hasattr(m, "deploy"):
+            m.reparameterize()
+            done = True
+            break  # the backbone wrapper re-parameterises its whole network
+    if not done:
+        raise ValueError(f"{type(model).__name__} has no re-parameterisable backbone (no reparameterize())")
+
+
+def reparameterize_checkpoint(
+    config,
+    checkpoint: str,
+    out: str,
+    out_config: str | None = None,
+    cfg_options: dict | None = None,
+    verify: bool = True,
+    input_size: Sequence[int] = (2, 3, 128, 128),
+    atol: float = 1e-3,
+) -> dict:
+    """Convert ``checkpoint`` (trained with ``config``) to the deploy structure; returns a report dict."""
+    from mmengine.config import Config
+
+    from .checkpoint import read_checkpoint
+
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if _backbone_cfg(cfg.model).get("deploy", False):
+        raise ValueError("the config's backbone is already deploy=True; give the training config")
+    obj = read_checkpoint(checkpoint)
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise ValueError(
+            f"{checkpoint}: expected a checkpoint written by the mmengine Runner (with 'state_dict')"
+        )
+    model = build_model(cfg)
+    result = model.load_state_dict(obj["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{checkpoint} does not fit the config's model: missing {result.missing_keys[:10]}, "
+            f"unexpected {result.unexpected_keys[:10]}"
+        )
+    model.eval()
+    x = torch.randn(*input_size, generator=torch.Generator().manual_seed(0))
+    before = _features(model, x) if verify else None
+    reparameterize_model(model)
+    state = model.state_dict()
+
+    deploy_cfg = Config(copy.deepcopy(cfg.to_dict()) if hasattr(cfg, "to_dict") else copy.deepcopy(dict(cfg)))
+    bb = _backbone_cfg(deploy_cfg.model)
+    bb["deploy"] = True
+    bb["sparse"] = False
+    bb["init_cfg"] = None
+    deploy_cfg.load_from = None
+    if out_config is None:
+        out_config = osp.splitext(out)[0] + ".py"
+
+    report = {"checkpoint": out, "config": out_config, "num_tensors": len(state)}
+    if verify:
+        fresh = build_model(deploy_cfg)
+        fresh.load_state_dict(state, strict=True)
+        fresh.eval()
+        after = _features(fresh, x)
+        err = max(float((a - b).abs().max()) for a, b in zip(before, after))
+        scale = max(float(b.abs().max()) for b in before)
+        report["max_abs_diff"] = err
+        if err > atol * max(1.0, scale):
+            raise RuntimeError(
+                f"deploy conversion changed the features: max |diff| {err:.3g} (feature scale {scale:.3g})"
+            )
+    meta = dict(obj.get("meta") or {})
+    meta.update(deploy=True, source_checkpoint=osp.abspath(checkpoint))
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    torch.save({"state_dict": state, "meta": meta}, out)
+    deploy_cfg.dump(out_config)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from mmengine.config import DictAction
+
+    p = argparse.ArgumentParser(
+        prog="tools/reparameterize_mm.py",
+        description="Convert a detector/segmentor checkpoint to the deploy (re-parameterised) backbone structure.",
+    )
+    p.add_argument("config", help="the training config of the checkpoint")
+    p.add_argument("checkpoint", help="checkpoint written by tools/train_det.py or tools/train_seg.py")
+    p.add_argument("out", help="output checkpoint (.pth)")
+    p.add_argument("--out-config", help="where to write the deploy config (default: OUT with .py)")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries, key=value")
+    p.add_argument("--no-verify", action="store_true", help="skip the feature comparison")
+    p.add_argument(
+        "--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="check input size"
+    )
+    args = p.parse_args(argv)
+    from .cli import trusted_checkpoint_loading
+
+    with trusted_checkpoint_loading():
+        report = reparameterize_checkpoint(
+            args.config,
+            args.checkpoint,
+            args.out,
+            out_config=args.out_config,
+            cfg_options=args.cfg_options,
+            verify=not args.no_verify,
+            input_size=(1, 3, *args.input_size),
+        )
+    diff = f", max |feature diff| {report['max_abs_diff']:.2e}" if "max_abs_diff" in report else ""
+    print(f"wrote {report['checkpoint']} and {report['config']}{diff}")
+    return report

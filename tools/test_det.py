@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Test a detector (MMDetection 3.x) with a swtasks backbone. See `--help` and README ("Detection and segmentation")."""
+
+import sys
+
+from swtasks.mm.cli import main
+
+if __name__ == "__main__":
+    main("det", "test", sys.argv[1:])
