@@ -56,7 +56,7 @@ if ! have_mmcv; then
   if [[ -z "$wheel" ]]; then
     build="$(mktemp -d "${TMPDIR:-/tmp}/swtasks-mmcv-build.XXXXXX")"
     log "building mmcv $MMCV_VERSION ($flavour ops) from source: no wheel exists for torch $TORCH_VERSION."
-    log "this happens once per machine and takes about 15 minutes on 2 cores; the wheel is cached in $wheel_dir"
+    log "this happens once per machine and takes about 25 minutes on 2 idle cores (longer on a busy machine); the wheel is cached in $wheel_dir"
     log "build log: $build/build.log"
     # mmcv's setup.py was written for the setuptools of 2023 (pkg_resources and friends): build with
     # setuptools<70, then put back the range torch (>= 77) and mmengine (pkg_resources, < 81) need.
