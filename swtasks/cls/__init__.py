@@ -1,0 +1,33 @@
+"""Image classification with Lightning: module, data, callbacks and the CLI behind tools/train_cls.py.
+
+    from swtasks.cls import ClassificationModule, ImageClassificationDataModule
+    model = ClassificationModule("shiftwise_atto", num_classes=4)
+    dm = ImageClassificationDataModule(dataset="longrange", batch_size=64)
+    lightning.Trainer(max_epochs=1).fit(model, dm)
+
+Imports lightning (unlike swtasks.models), so `import swtasks` does not import this package.
+"""
+
+from .callbacks import LearningCurves, PredictionWriter, SparseTraining, StepSchedule
+from .data import ImageClassificationDataModule
+from .ema import ModelEMA
+from .errors import DataNotFoundError, InputError
+from .io import AtomicCheckpointIO, atomic_torch_save
+from .mix import MixUpCutMix, soft_target_cross_entropy
+from .module import ClassificationModule
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "ClassificationModule",
+    "DataNotFoundError",
+    "ImageClassificationDataModule",
+    "InputError",
+    "LearningCurves",
+    "MixUpCutMix",
+    "ModelEMA",
+    "PredictionWriter",
+    "SparseTraining",
+    "StepSchedule",
+    "atomic_torch_save",
+    "soft_target_cross_entropy",
+]

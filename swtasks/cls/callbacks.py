@@ -1,0 +1,332 @@
+"""Lightning callbacks: sparse training, per-step schedules, learning-curve plot, prediction CSV."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from .errors import InputError
+
+__all__ = ["LearningCurves", "PredictionWriter", "SparseTraining", "StepSchedule", "steps_per_epoch"]
+
+
+def steps_per_epoch(trainer: L.Trainer) -> int:
+    """Optimiser steps per epoch (per process), from the training loader and gradient accumulation."""
+    nb = trainer.num_training_batches
+    if nb is None or not math.isfinite(nb) or nb <= 0:
+        total = trainer.estimated_stepping_batches
+        return max(1, int(total // max(1, trainer.max_epochs or 1)))
+    return max(1, math.ceil(nb / trainer.accumulate_grad_batches))
+
+
+def _backbone(pl_module: L.LightningModule) -> torch.nn.Module:
+    return getattr(pl_module, "backbone", pl_module)
+
+
+# ---------------------------------------------------------------------------------------------- sparse
+class SparseTraining(Callback):
+    """Dynamic per-small-kernel sparsity of the shift-wise operator (``swtasks.sparse.KernelSparsity``).
+
+    Masks are set from SNIP scores on the first training batch (unless a checkpoint brought them), the
+    weights are re-masked after every optimiser step, and every ``update_interval`` steps kernels are
+    pruned and regrown on a cosine-decayed rate. Masks are model buffers, so they are in every
+    checkpoint (and in exported backbones); the schedule's counters and generator are this callback's
+    state, so ``--ckpt_path last`` resumes the schedule exactly.
+    """
+
+    def __init__(
+        self,
+        sparsity: float = 0.3,
+        update_interval: int | None = 100,
+        prune_rate: float = 0.3,
+        final_prune_rate: float = 0.005,
+        align_interval: int | None = 131,
+        dense_threshold: float = 0.99,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.kwargs = dict(
+            sparsity=sparsity,
+            update_interval=update_interval,
+            prune_rate=prune_rate,
+            final_prune_rate=final_prune_rate,
+            align_interval=align_interval,
+            dense_threshold=dense_threshold,
+            seed=seed,
+        )
+        self.sparsity = None
+        self._pending: dict | None = None
+        self._last_step = -1
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from swtasks.sparse import KernelSparsity
+
+        try:
+            self.sparsity = KernelSparsity(
+                _backbone(pl_module), total_steps=max(1, int(trainer.estimated_stepping_batches)), **self.kwargs
+            )
+        except ValueError as e:
+            raise InputError(f"SparseTraining: {e}") from e
+        if self._pending is not None:
+            self.sparsity.load_state_dict(self._pending)
+            self._pending = None
+        self._last_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.sparsity is None or self.sparsity.initialized:
+            return
+        x, y = batch[0], batch[1]
+        if getattr(pl_module.hparams, "channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
+        densities = self.sparsity.init_masks((x, y), F.cross_entropy, optimizer=trainer.optimizers)
+        rank_zero_info(
+            f"sparse training: {len(densities)} shift-wise layers, overall kernel density "
+            f"{self.sparsity.density():.3f} (target {1 - self.kwargs['sparsity']:.3f})"
+        )
+        ema = getattr(pl_module, "ema", None)
+        if ema is not None:
+            ema.copy_buffers(_backbone(pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.sparsity is None or trainer.global_step == self._last_step:
+            return  # no optimiser step in this batch (gradient accumulation)
+        self._last_step = trainer.global_step
+        self.sparsity.step(trainer.optimizers)
+        pl_module.log("sparse_density", self.sparsity.density(), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.sparsity is not None and self.sparsity.initialized:
+            return self.sparsity.state_dict()
+        return dict(self._pending or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict) if state_dict else None
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+class StepSchedule(Callback):
+    """Set a value on the backbone before every training step, following a schedule.
+
+    The generic hook for per-step schedules that some backbones need, e.g. KernelWarehouse's attention
+    temperature falling linearly from 1 to 0 over the first 20 epochs::
+
+        - class_path: swtasks.cls.StepSchedule
+          init_args: {attribute: temperature, start: 1.0, end: 0.0, until_epoch: 20}
+
+    The value at optimiser step s is ``start`` before ``from_epoch``/``from_step``, ``end`` after
+    ``until_epoch``/``until_step``, and linear (or cosine) in between. With ``method`` the backbone's
+    ``method(value)`` is called; otherwise ``attribute`` is assigned on every sub-module that has it.
+    It depends only on the global step, so resumed runs continue the schedule exactly.
+    """
+
+    def __init__(
+        self,
+        attribute: str,
+        start: float,
+        end: float,
+        until_epoch: float | None = None,
+        until_step: int | None = None,
+        from_epoch: float = 0.0,
+        from_step: int | None = None,
+        kind: Literal["linear", "cosine"] = "linear",
+        method: str | None = None,
+        log: bool = True,
+    ):
+        super().__init__()
+        if (until_epoch is None) == (until_step is None):
+            raise InputError("StepSchedule: give exactly one of until_epoch and until_step")
+        if kind not in ("linear", "cosine"):
+            raise InputError(f"StepSchedule: kind must be 'linear' or 'cosine', got {kind!r}")
+        self.attribute, self.start, self.end = attribute, float(start), float(end)
+        self.until_epoch, self.until_step = until_epoch, until_step
+        self.from_epoch, self.from_step = from_epoch, from_step
+        self.kind, self.method, self.log = kind, method, log
+        self._targets: list[torch.nn.Module] | None = None
+
+    def value_at(self, step: int, per_epoch: int) -> float:
+        s0 = self.from_step if self.from_step is not None else self.from_epoch * per_epoch
+        s1 = self.until_step if self.until_step is not None else self.until_epoch * per_epoch
+        if s1 <= s0:
+            return self.end if step >= s1 else self.start
+        t = min(1.0, max(0.0, (step - s0) / (s1 - s0)))
+        if self.kind == "cosine":
+            t = 0.5 * (1 - math.cos(math.pi * t))
+        return self.start + (self.end - self.start) * t
+
+    def _resolve(self, pl_module) -> None:
+        net = _backbone(pl_module)
+        if self.method is not None:
+            if not callable(getattr(net, self.method, None)):
+                raise InputError(f"StepSchedule: the backbone {type(net).__name__} has no method {self.method!r}")
+            self._targets = []
+            return
+        self._targets = [
+            m
+            for m in net.modules()
+            if hasattr(m, self.attribute) and not isinstance(getattr(m, self.attribute), (torch.nn.Module, torch.Tensor))
+        ]
+        if not self._targets:
+            raise InputError(
+                f"StepSchedule: no module of the backbone {type(net).__name__} has an attribute {self.attribute!r}"
+            )
+
+    def _apply(self, trainer, pl_module) -> float:
+        if self._targets is None:
+            self._resolve(pl_module)
+        v = self.value_at(trainer.global_step, steps_per_epoch(trainer))
+        if self.method is not None:
+            getattr(_backbone(pl_module), self.method)(v)
+        else:
+            for m in self._targets:
+                setattr(m, self.attribute, v)
+        return v
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._apply(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        v = self._apply(trainer, pl_module)
+        if self.log:
+            pl_module.log(f"schedule_{self.attribute if self.method is None else self.method}", v, on_step=True, on_epoch=False)
+
+
+# ---------------------------------------------------------------------------------------------- curves
+class LearningCurves(Callback):
+    """Records the training loss (every ``every_n_steps``) and the validation metrics (every validation),
+    keeps them in the checkpoint (so a resumed run plots the whole history) and writes ``curves.png``
+    (loss and accuracy against epochs) next to the logs at the end of ``fit``.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "curves.png", every_n_steps: int | None = None):
+        super().__init__()
+        self.dirpath, self.filename, self.every_n_steps = dirpath, filename, every_n_steps
+        self.train: list[tuple[float, float]] = []  # (epoch position, loss)
+        self.val: list[dict[str, float]] = []  # {"epoch": e, "val_loss": ..., "val_acc1": ...}
+        self.plot_path: str | None = None
+        self._per_epoch = 1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._per_epoch = steps_per_epoch(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = self.every_n_steps or trainer.log_every_n_steps
+        if batch_idx % max(1, n) or outputs is None:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self.train.append((trainer.global_step / self._per_epoch, float(loss.detach())))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        row = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step}
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith("val") and isinstance(v, torch.Tensor) and v.numel() == 1:
+                row[k] = float(v)
+        self.val.append(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train": list(self.train), "val": list(self.val)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train = [tuple(t) for t in state_dict.get("train", [])]
+        self.val = [dict(v) for v in state_dict.get("val", [])]
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # trainer.log_dir is a collective call under DDP: resolve it on every rank, write on rank 0
+        if stage == "fit":
+            d = self.dirpath or trainer.log_dir or trainer.default_root_dir
+            self._out = os.path.join(d, self.filename)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.plot_path = self.write(self._out)
+
+    @rank_zero_only
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if (self.train or self.val) and getattr(self, "_out", None):
+            self.plot_path = self.write(self._out)
+
+    def write(self, path: str) -> str | None:
+        if not self.train and not self.val:
+            return None
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(11, 4.2), dpi=110)
+        ax_l, ax_a = fig.subplots(1, 2)
+        if self.train:
+            xs, ys = zip(*self.train)
+            ax_l.plot(xs, ys, color="tab:blue", alpha=0.35, lw=0.8, label="train (step)")
+            if len(ys) >= 5:
+                k = max(2, len(ys) // 25)
+                sm = [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
+                ax_l.plot(xs, sm, color="tab:blue", lw=1.6, label=f"train (mean of {k})")
+        for key, color, label in (("val_loss", "tab:orange", "val"), ("val_ema_loss", "tab:green", "val EMA")):
+            pts = [(r["epoch"], r[key]) for r in self.val if key in r]
+            if pts:
+                ax_l.plot(*zip(*pts), "o-", color=color, label=label)
+        ax_l.set_xlabel("epoch")
+        ax_l.set_ylabel("loss")
+        ax_l.set_title("loss")
+        ax_l.grid(alpha=0.3)
+        ax_l.legend(fontsize=8)
+        for key, style, label in (
+            ("val_acc1", "o-", "val top-1"),
+            ("val_acc5", "s--", "val top-5"),
+            ("val_ema_acc1", "^-", "val EMA top-1"),
+        ):
+            pts = [(r["epoch"], 100.0 * r[key]) for r in self.val if key in r]
+            if pts:
+                ax_a.plot(*zip(*pts), style, label=label)
+        ax_a.set_xlabel("epoch")
+        ax_a.set_ylabel("accuracy (%)")
+        ax_a.set_title("validation accuracy")
+        ax_a.set_ylim(0, 100)
+        ax_a.grid(alpha=0.3)
+        if self.val:
+            ax_a.legend(fontsize=8)
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path)
+        return path
+
+
+# ---------------------------------------------------------------------------------------------- predict
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predictions.csv`` (file, top-1 class, top-k classes and probabilities) after ``predict``."""
+
+    def __init__(self, output: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.output = output
+        self.path: str | None = None
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        dm = trainer.datamodule
+        names = list(getattr(dm, "classes", None) or [])
+        paths = dm.predict_paths() if hasattr(dm, "predict_paths") else None
+        out = self.output or os.path.join(trainer.default_root_dir, "predictions.csv")
+        if trainer.world_size > 1:
+            root, ext = os.path.splitext(out)
+            out = f"{root}.rank{trainer.global_rank}{ext}"
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        preds = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        idx_lists = batch_indices[0] if batch_indices and isinstance(batch_indices[0], list) else batch_indices
+        with open(out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "file", "top1", "topk_classes", "topk_probs"])
+            for b, pred in enumerate(preds):
+                ids = idx_lists[b] if idx_lists else range(len(pred["indices"]))
+                for row, i in enumerate(ids):
+                    top = pred["indices"][row].tolist()
+                    cls = [names[t] if t < len(names) else str(t) for t in top]
+                    probs = [f"{p:.4f}" for p in pred["probs"][row].tolist()]
+                    w.writerow([i, paths[i] if paths else "", cls[0], " ".join(cls), " ".join(probs)])
+        self.path = out

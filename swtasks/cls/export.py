@@ -1,0 +1,103 @@
+"""Export the backbone of a classification checkpoint as a plain state dict (for MMDetection /
+MMSegmentation ``init_cfg`` or ``swtasks.create_model(checkpoint_path=...)``).
+
+File layout: ``{"state_dict": {"backbone.<key>": tensor, ...}, "meta": {...}}``. The keys keep the
+``backbone.`` prefix so that the MM configs' ``init_cfg=dict(type='Pretrained', checkpoint=FILE,
+prefix='backbone.')`` selects them (mmengine strips the prefix); ``swtasks.create_model(...,
+checkpoint_path=FILE)`` strips it too. Sparsity masks are folded into the weights (pruned small kernels
+are exact zeros; ``swtasks.sparse.masks_from_weights`` recovers the pattern), so the file loads into a
+freshly created backbone; with ``reparameterize=True`` it holds the deploy structure (create the model
+with ``deploy=True`` to load it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .errors import DataNotFoundError, InputError
+from .io import atomic_torch_save
+
+BACKBONE_PREFIX = "backbone."
+EMA_PREFIX = "ema.module."
+
+
+def load_lightning_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise InputError(f"{path} is not a Lightning checkpoint of tools/train_cls.py (no 'state_dict')")
+    return ckpt
+
+
+def backbone_state_dict(ckpt: dict[str, Any], *, ema: bool = False) -> dict[str, torch.Tensor]:
+    """The raw (or EMA) backbone weights of a ClassificationModule checkpoint, without prefixes."""
+    prefix = EMA_PREFIX if ema else BACKBONE_PREFIX
+    sd = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not sd:
+        what = "EMA weights (the run had no model.ema_decay)" if ema else "'backbone.' weights"
+        raise InputError(f"the checkpoint holds no {what}")
+    return sd
+
+
+def fold_kernel_masks(model: torch.nn.Module) -> int:
+    """Multiply every sparsity mask into its weights and drop the mask; returns how many were folded."""
+    n = 0
+    with torch.no_grad():
+        for m in model.modules():
+            mask = getattr(m, "kernel_mask", None)
+            if isinstance(mask, torch.Tensor) and hasattr(m, "set_kernel_mask"):
+                m.weight.mul_(mask.to(m.weight.dtype)[..., None, None])
+                m.set_kernel_mask(None)
+                n += 1
+    return n
+
+
+def export_backbone(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    ema: bool = False,
+    reparameterize: bool = False,
+    drop_head: bool = False,
+) -> dict[str, Any]:
+    """Write the exported backbone to ``output``; returns the file's ``meta`` dict."""
+    import swtasks
+
+    ckpt = load_lightning_checkpoint(checkpoint)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    name = hp.get("backbone")
+    if not isinstance(name, str):
+        raise InputError("the checkpoint's hyper-parameters name no registry backbone (model.backbone)")
+    num_classes = int(hp.get("num_classes", 1000))
+    kwargs = dict(hp.get("backbone_kwargs") or {})
+    model = swtasks.create_model(name, num_classes=num_classes, **kwargs)
+    model.load_state_dict(backbone_state_dict(ckpt, ema=ema), strict=True)
+    model.eval()
+    folded = fold_kernel_masks(model)
+    if reparameterize:
+        if not hasattr(model, "reparameterize"):
+            raise InputError(f"{name} has no reparameterize()")
+        model.reparameterize()
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if drop_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    meta = {
+        "backbone": name,
+        "num_classes": 0 if drop_head else num_classes,
+        "backbone_kwargs": kwargs,
+        "ema": bool(ema),
+        "deploy": bool(reparameterize),
+        "folded_sparsity_masks": folded,
+        "source": os.path.abspath(os.fspath(checkpoint)),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "data_config": ckpt.get("data_config"),
+        "key_prefix": BACKBONE_PREFIX,
+    }
+    atomic_torch_save({"state_dict": {BACKBONE_PREFIX + k: v for k, v in sd.items()}, "meta": meta}, output)
+    return meta

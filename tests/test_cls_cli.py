@@ -1,0 +1,201 @@
+"""tools/train_cls.py (LightningCLI): the demo config, validate / test / predict, bad input, 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from swtasks.cls.cli import main
+from swtasks.cls.synthetic import write_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = json.dumps({"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": [5, 3, 3, 3]})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "data"
+    return write_image_folder(str(root), num_classes=3, train_per_class=6, val_per_class=3, image_size=32)
+
+
+def common(folder, root, *extra):
+    return [
+        "--model.backbone", "shiftwise_atto", "--model.num_classes", "3", "--model.backbone_kwargs", TINY,
+        "--data.root", folder, "--data.image_size", "32", "--data.batch_size", "6", "--data.num_workers", "0",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(root), *extra,
+    ]  # fmt: skip
+
+
+def run_cli(args, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
+    main(args)
+
+
+def test_demo_config_few_steps(tmp_path, monkeypatch, capsys):
+    run_cli(
+        [
+            "fit", "--config", str(REPO / "configs/cls/demo.yaml"), "--trainer.max_steps", "2",
+            "--trainer.limit_val_batches", "1", "--data.synthetic_train_size", "64",
+            "--data.synthetic_val_size", "16", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false",
+        ],  # fmt: skip
+        monkeypatch,
+    )
+    out = capsys.readouterr().out
+    assert "final validation: top-1" in out and "last checkpoint" in out and "learning curves" in out
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "csv").glob("version_*/curves.png"))
+    assert list((tmp_path / "tensorboard").glob("version_*/events.out.tfevents.*"))
+    assert list((tmp_path / "csv").glob("version_*/metrics.csv"))
+
+
+def test_fit_validate_test_predict_and_resume(folder, tmp_path, monkeypatch, capsys):
+    run_cli(["fit", *common(folder, tmp_path, "--trainer.max_epochs", "1")], monkeypatch)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    # resume from last and continue one more epoch
+    run_cli(["fit", *common(folder, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")], monkeypatch)
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * 3  # 18 images, batch 6
+    capsys.readouterr()
+    # validate: hyper-parameters come from the checkpoint; prints top-1 / top-5
+    run_cli(["validate", *common(folder, tmp_path, "--ckpt_path", str(last))], monkeypatch)
+    assert "val: top-1 " in capsys.readouterr().out
+    run_cli(["test", *common(folder, tmp_path, "--ckpt_path", str(last))], monkeypatch)
+    assert "test: top-1 " in capsys.readouterr().out
+    run_cli(["predict", *common(folder, tmp_path, "--ckpt_path", str(last))], monkeypatch)
+    assert "predictions written to" in capsys.readouterr().out
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("index,file,top1") and len(rows) == 1 + 9 and "class_" in rows[1]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model.backbone", "shiftwise_tinny"], "shiftwise_tinny"),
+        (["--data.root", "/nonexistent/imagenet"], "/nonexistent/imagenet"),
+        (["--model.num_classes", "5"], "model.num_classes=5"),
+    ],
+)
+def test_bad_input_is_one_clear_line(folder, tmp_path, monkeypatch, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        run_cli(["fit", *common(folder, tmp_path, "--trainer.max_steps", "1"), *extra], monkeypatch)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_config_key(folder, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(["fit", *common(folder, tmp_path), "--model.lrr", "0.1"], monkeypatch)
+    assert e.value.code != 0 and "lrr" in capsys.readouterr().err
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model:\n  backbone: shiftwise_atto\n  warmup_epoch: 3\n")
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", str(cfg)], monkeypatch)
+    assert "warmup_epoch" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_cpu(folder, tmp_path):
+    """A real 2-process DDP fit on CPU (gloo) through the command line (Lightning launches rank 1)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("LOCAL_RANK", None)
+    cmd = [
+        sys.executable, str(REPO / "tools/train_cls.py"), "fit",
+        *common(folder, tmp_path, "--trainer.max_epochs", "1", "--data.batch_size", "3"),
+        "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "SyncBatchNorm needs GPUs" in r.stderr + r.stdout  # CPU: BN stays per process, said once
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    # 18 images, 2 ranks x 3 per batch: 3 optimiser steps per epoch (each rank sees half of the data)
+    assert ck["global_step"] == 3
+
+
+def test_slurm_script_resumes_from_newest_and_its_arguments_parse(tmp_path):
+    """tools/slurm/train_cls.sbatch with a stub `srun` that runs the command with --print_config: the
+    arguments are valid for the CLI, keep the total batch at 4096, and resume from the newest checkpoint."""
+    import time
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    srun = bindir / "srun"
+    srun.write_text('#!/bin/bash\nshift  # --kill-on-bad-exit=1\necho "ARGS: $*"\nexec "$@" --print_config\n')
+    srun.chmod(0o755)
+    root = tmp_path / "run"
+    env = {
+        **os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "PY": sys.executable,
+        "ROOT": str(root), "DATA": str(tmp_path / "imagenet"), "NODES": "2", "GPUS": "4",
+        "SLURM_JOB_ID": "42", "SLURM_CPUS_PER_TASK": "6",
+    }  # fmt: skip
+    script = str(REPO / "tools/slurm/train_cls.sbatch")
+
+    def run(**over):
+        r = subprocess.run(
+            ["bash", script], cwd=REPO, env={**env, **over}, capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return r.stdout
+
+    out = run()  # the real CLI parses the job's arguments
+    assert "resume from: nothing" in out and "--ckpt_path" not in out.split("ARGS:")[1].splitlines()[0]
+    assert "accumulate_grad_batches: 8" in out and "num_nodes: 2" in out and "devices: '4'" in out  # 2*4*64*8
+    assert "batch_size: 64" in out and "num_workers: 6" in out and "shiftwise_tiny" in out
+    # which checkpoint a (re)started job resumes from (PY=true: arguments only)
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    time.sleep(0.1)
+    (root / "hpc_ckpt_1.ckpt").write_bytes(b"x")  # written at the requeue signal, after last.ckpt
+    assert f"--ckpt_path {root}/hpc_ckpt_1.ckpt" in run(PY="true")
+    time.sleep(0.1)
+    (root / "checkpoints" / "last.ckpt").write_bytes(b"y")  # a later epoch ended after the requeue
+    assert f"--ckpt_path {root}/checkpoints/last.ckpt" in run(PY="true")
+
+
+def test_imagenet_recipe_config(folder, tmp_path, monkeypatch, capsys):
+    """configs/cls/shiftwise_tiny_in1k.yaml: the spec's recipe values, total batch 4096, and one real
+    fast_dev_run step on the fixture with a test-sized backbone (sparse training, MixUp/CutMix, RandAugment,
+    random erasing, accumulation all on)."""
+    import yaml
+
+    cfg_path = str(REPO / "configs/cls/shiftwise_tiny_in1k.yaml")
+    with pytest.raises(SystemExit) as e:
+        run_cli(["fit", "--config", cfg_path, "--print_config"], monkeypatch)
+    assert e.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    t, m, d = cfg["trainer"], cfg["model"], cfg["data"]
+    assert int(t["devices"]) * t["num_nodes"] * d["batch_size"] * t["accumulate_grad_batches"] == 4096
+    assert t["max_epochs"] == 300 and t["strategy"] == "ddp" and m["sync_batchnorm"] is True
+    assert (m["backbone"], m["lr"], m["weight_decay"], m["warmup_epochs"], m["min_lr"]) == (
+        "shiftwise_tiny", 4e-3, 0.05, 5, 1e-6,
+    )
+    assert (m["drop_path_rate"], m["label_smoothing"], m["mixup_alpha"], m["cutmix_alpha"], m["switch_prob"]) == (
+        0.2, 0.1, 0.8, 1.0, 0.5,
+    )
+    assert m["ema_decay"] is None  # the reference recipe has no EMA
+    assert (d["auto_augment"], d["random_erasing"], d["interpolation"], d["crop_pct"]) == (
+        "rand-m9-mstd0.5-inc1", 0.25, "bicubic", 0.875,
+    )
+    sparse = [c for c in t["callbacks"] if c["class_path"].endswith("SparseTraining")]
+    assert sparse and sparse[0]["init_args"]["sparsity"] == 0.3
+
+    run_cli(
+        [
+            "fit", "--config", cfg_path, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
+            "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.accumulate_grad_batches", "2",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+            "--model.backbone", "shiftwise_atto", "--model.backbone_kwargs", TINY, "--model.num_classes", "3",
+            "--data.root", folder, "--data.image_size", "32", "--data.batch_size", "4", "--data.eval_batch_size", "4",
+            "--data.num_workers", "0",
+        ],  # fmt: skip
+        monkeypatch,
+    )
+    out = capsys.readouterr().out
+    assert "fit finished: 1 epochs, 1 optimiser steps" in out

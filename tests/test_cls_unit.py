@@ -1,0 +1,330 @@
+"""Classification toolkit: the pieces without a Trainer (optimiser groups, schedule, MixUp/CutMix, EMA,
+transforms, procedural dataset, folder validation, atomic checkpoint files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import swtasks
+from swtasks.cls import synthetic
+from swtasks.cls.data import ImageClassificationDataModule, ImageFolderDataset, scan_split
+from swtasks.cls.ema import ModelEMA
+from swtasks.cls.errors import DataNotFoundError, InputError
+from swtasks.cls.io import AtomicCheckpointIO, atomic_torch_save
+from swtasks.cls.mix import MixUpCutMix, smooth_one_hot, soft_target_cross_entropy
+from swtasks.cls.optim import decays, layer_id_stages, param_groups, warmup_cosine
+from swtasks.cls.transforms import RandAugmentMstd, eval_transform, parse_rand_augment, train_transform
+
+TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), kernel_sizes=(5, 3, 3, 3))
+
+
+# ---------------------------------------------------------------------------------------------- optimiser
+def test_weight_decay_exclusions():
+    assert not decays("x.bias", torch.zeros(4, 4))
+    assert not decays("norm.weight", torch.zeros(8))
+    assert not decays("act.1.gamma", torch.zeros(1, 1, 1, 16))  # GRN: per-channel although 4-D
+    assert decays("pwconv1.1.weight", torch.zeros(16, 8))
+    assert not decays("pwconv1.1.weight", torch.zeros(16, 8), ["pwconv1.1.weight"])
+    assert not decays("stages.0.0.pw.weight", torch.zeros(16, 8), ["*.pw.weight"])
+
+
+def test_param_groups_shiftwise_no_decay_and_layer_decay():
+    net = swtasks.create_model("shiftwise_atto", num_classes=5, depths=(1, 1, 4, 1), dims=(8, 16, 32, 64))
+    groups = param_groups(net, lr=1.0, weight_decay=0.05)
+    names_nd = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
+    assert set(net.no_weight_decay()) <= names_nd
+    assert all(p.dim() >= 2 for g in groups if g["weight_decay"] > 0 for p in g["params"])
+    n_params = sum(len(g["params"]) for g in groups)
+    assert n_params == len(list(net.parameters()))
+
+    groups = param_groups(net, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    by_name = {n: g for g in groups for n in g["names"]}
+    # spec: stem 0, stage 1 -> 1, stage 3 block b -> 3 + b // 3, head -> num_layers + 1 (full lr)
+    assert by_name["head.weight"]["lr"] == 1.0
+    assert by_name["downsample_layers.0.0.weight"]["layer_id"] == 0
+    assert by_name["downsample_layers.0.0.weight"]["lr"] == pytest.approx(0.5**13)
+    assert by_name["stages.2.3.pwconv1.1.weight"]["layer_id"] == 4
+    assert layer_id_stages("stages.3.0.gamma") == 12
+    assert layer_id_stages("downsample_layers.1.0.weight") == 2
+
+
+def test_param_groups_layer_decay_needs_known_layout():
+    with pytest.raises(InputError, match="layer_id_fn"):
+        param_groups(nn.Sequential(nn.Linear(2, 2)), lr=1.0, weight_decay=0.0, layer_decay=0.8)
+
+
+def test_warmup_cosine_shape():
+    f = [warmup_cosine(s, warmup_steps=10, total_steps=110, min_ratio=0.01) for s in range(120)]
+    assert f[0] == 0 and f[5] == pytest.approx(0.5) and f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f[110] == pytest.approx(0.01) and f[119] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+# ---------------------------------------------------------------------------------------------- mixing
+def test_soft_target_ce_matches_label_smoothing_ce():
+    torch.manual_seed(0)
+    z, y = torch.randn(6, 5), torch.randint(0, 5, (6,))
+    ours = soft_target_cross_entropy(z, smooth_one_hot(y, 5, 0.1))
+    assert ours == pytest.approx(float(nn.functional.cross_entropy(z, y, label_smoothing=0.1)), rel=1e-6)
+
+
+def test_mixup_targets():
+    torch.manual_seed(0)
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+    y = torch.tensor([0, 1, 2, 3])
+    mix = MixUpCutMix(4, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0)
+    xm, t = mix(x, y)
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    lam = float(t[0, 0])
+    # torchvision mixes each sample with its neighbour (roll by 1): x_i' = lam x_i + (1 - lam) x_{i-1}
+    assert torch.allclose(xm[1], lam * x[1] + (1 - lam) * x[0], atol=1e-6)
+    assert t[1, 1] == pytest.approx(lam) and t[1, 0] == pytest.approx(1 - lam)
+
+
+def test_cutmix_targets_follow_pasted_area_and_smoothing():
+    torch.manual_seed(1)
+    x = torch.zeros(2, 3, 16, 16)
+    x[1] = 1.0
+    y = torch.tensor([0, 1])
+    mix = MixUpCutMix(3, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.3)
+    for _ in range(5):
+        xm, t = mix(x, y)
+        pasted = float(xm[0].mean())  # share of sample 0 covered by sample 1's pixels
+        assert set(torch.unique(xm).tolist()) <= {0.0, 1.0}
+        raw = (t - 0.3 / 3) / 0.7  # undo smoothing
+        assert raw[0, 1] == pytest.approx(pasted, abs=1e-5)
+        assert t.sum(1).allclose(torch.ones(2))
+        assert float(t.min()) >= 0.1 - 1e-6
+
+
+def test_switch_prob_and_prob():
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 8)
+    y = torch.arange(4)
+    only_cut = MixUpCutMix(4, switch_prob=1.0, label_smoothing=0.0)
+    xm, _ = only_cut(x, y)
+    assert all(((xm[i] == x[i]) | (xm[i] == x[i - 1])).all() for i in range(4))  # pixels copied, not blended
+    none = MixUpCutMix(4, prob=0.0, label_smoothing=0.1)
+    xm, t = none(x, y)
+    assert torch.equal(xm, x) and torch.allclose(t, smooth_one_hot(y, 4, 0.1))
+
+
+# ---------------------------------------------------------------------------------------------- EMA
+def test_ema_averages_params_and_copies_buffers():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema = ModelEMA(net, decay=0.5)
+    before = ema.module[0].weight.clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net.train()
+    net(torch.randn(8, 3))  # moves the BN running stats
+    ema.update(net)
+    assert torch.allclose(ema.module[0].weight, 0.5 * before + 0.5 * net[0].weight)
+    assert torch.equal(ema.module[1].running_mean, net[1].running_mean)
+    assert int(ema.num_updates) == 1
+    assert not any(p.requires_grad for p in ema.parameters())
+    warm = ModelEMA(net, decay=0.999, warmup_steps=10)
+    assert warm.current_decay() == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+def test_transforms_shapes_and_rand_augment_spec():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    x = train_transform(32)(img)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    ev = eval_transform(32, crop_pct=0.5)
+    assert ev.transforms[0].size == [64]  # resize floor(32 / 0.5) then centre crop 32
+    assert ev(img).shape == (3, 32, 32)
+    assert parse_rand_augment("rand-m9-mstd0.5-inc1") == {"num_ops": 2, "magnitude": 9.0, "magnitude_std": 0.5}
+    with pytest.raises(InputError):
+        parse_rand_augment("autoaug-v0")
+    ra = RandAugmentMstd(2, 9, 0.5)
+    idx = [ra._draw_index() for _ in range(2000)]
+    assert 88 <= np.mean(idx) <= 92 and 3 <= np.std(idx) <= 7 and max(idx) <= 100
+    assert ra(img).size == img.size
+
+
+# ---------------------------------------------------------------------------------------------- procedural
+def test_longrange_dataset_is_deterministic_and_long_range():
+    x1, y1 = synthetic.generate("longrange", 16, split="train", image_size=32, seed=3)
+    x2, y2 = synthetic.generate("longrange", 16, split="train", image_size=32, seed=3)
+    xv, _ = synthetic.generate("longrange", 16, split="val", image_size=32, seed=3)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, xv)
+    assert x1.shape == (16, 3, 32, 32) and sorted(y1.tolist()) == sorted([0, 1, 2, 3] * 4)
+    for img, label in zip(x1, y1.tolist()):
+        axis, which = divmod(label, 2)
+        p = synthetic.LONGRANGE_PERIODS[which]
+        a = img if axis == 0 else img.transpose(1, 2)
+        assert torch.equal(a[:, :, p:], a[:, :, :-p])  # a pixel equals the one `period` px away
+        other = synthetic.LONGRANGE_PERIODS[1 - which]
+        assert not torch.equal(a[:, :, other:], a[:, :, :-other])
+    # no local cue: per-class pixel statistics are the same
+    x, y = synthetic.generate("longrange", 400, image_size=32)
+    stds = [float(x[y == c].std()) for c in range(4)]
+    assert max(stds) - min(stds) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------- folders
+def _png(path: Path, size=16):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(path)
+
+
+def test_scan_split_errors(tmp_path):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        scan_split(tmp_path / "missing", "training")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(InputError, match="no class sub-folders"):
+        scan_split(tmp_path / "train", "training")
+    _png(tmp_path / "train" / "a" / "1.png")
+    (tmp_path / "train" / "b").mkdir()
+    (tmp_path / "train" / "b" / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match=r"empty class folder.*train/b"):
+        scan_split(tmp_path / "train", "training")
+
+
+class _FakeModule:
+    def __init__(self, n):
+        self.num_classes = n
+        self.data_config = {"input_size": (3, 16, 16), "crop_pct": 1.0, "interpolation": "bilinear"}
+
+
+class _FakeTrainer:
+    def __init__(self, n):
+        self.lightning_module = _FakeModule(n)
+
+
+def _dm(root, n=2, **kw):
+    dm = ImageClassificationDataModule(root=str(root), num_workers=0, batch_size=2, **kw)
+    dm.trainer = _FakeTrainer(n)
+    return dm
+
+
+def test_datamodule_folder_checks(tmp_path):
+    with pytest.raises(DataNotFoundError, match="missing"):
+        _dm(tmp_path / "missing").setup("fit")
+    synthetic.write_image_folder(str(tmp_path / "ok"), num_classes=2, train_per_class=2, val_per_class=1, image_size=16)
+    dm = _dm(tmp_path / "ok")
+    dm.setup("fit")
+    assert dm.classes == ["class_0", "class_1"] and len(dm.train_set) == 4
+    assert dm.val_set[0][0].shape == (3, 16, 16)  # eval crop from the model's data config
+    with pytest.raises(InputError, match=r"model.num_classes=3 but .*train has 2 classes"):
+        _dm(tmp_path / "ok", n=3).setup("fit")
+    _png(tmp_path / "ok" / "val" / "class_9" / "x.png")
+    with pytest.raises(InputError, match=r"class folders differ.*only in val: \['class_9'\]"):
+        _dm(tmp_path / "ok").setup("fit")
+    with pytest.raises(InputError, match="data.dataset"):
+        ImageClassificationDataModule(dataset="imagenet21k")
+
+
+def test_corrupt_image_policy(tmp_path):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    _png(good)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    samples = [(str(good), 0), (str(bad), 1), (str(good), 0)]
+    ds = ImageFolderDataset(samples, ["a", "b"], corrupt_images="error")
+    with pytest.raises(InputError, match="bad.png"):
+        ds[1]
+    ds = ImageFolderDataset(samples, ["a", "b"], corrupt_images="skip")
+    with pytest.warns(UserWarning, match=r"bad.png.*1 skipped"):
+        img, label = ds[1]
+    assert label == 0 and ds.skipped == 1  # replaced by the next readable sample
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_atomic_save_never_truncates(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "last.ckpt"
+    atomic_torch_save({"v": torch.ones(3)}, path)
+    assert torch.load(path)["v"].sum() == 3
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # e.g. the job is killed mid-write
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"v": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["v"].sum() == 3  # the previous file is intact
+    assert os.listdir(path.parent) == ["last.ckpt"]  # no temporary left behind
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(torch, "save", crash)
+        atomic_torch_save({"v": 1}, tmp_path / "new.ckpt")
+    assert not (tmp_path / "new.ckpt").exists()
+
+
+def test_unknown_backbone_is_input_error():
+    from swtasks.cls import ClassificationModule
+
+    with pytest.raises(InputError, match="shiftwise_tinny"):
+        ClassificationModule("shiftwise_tinny")
+    with pytest.raises(InputError, match="kernel_sizez"):
+        ClassificationModule("shiftwise_atto", backbone_kwargs={"kernel_sizez": 3})
+
+
+def test_killed_mid_save_leaves_previous_checkpoint(tmp_path):
+    """A process killed outright (SIGKILL) while writing: the target keeps its previous, loadable content;
+    the hidden temporary it left is removed by the next save."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1, "w": torch.ones(1000)}, path)
+    child = f"""
+import os, signal, torch
+from swtasks.cls.io import atomic_torch_save
+def dying_save(obj, f, *a, **k):
+    f.write(b"PK\\x03\\x04 half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+atomic_torch_save({{"step": 2}}, {str(path)!r})
+"""
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    left = sorted(os.listdir(tmp_path))
+    assert left[0].startswith(".last.ckpt.") and left[0].endswith(".tmp") and left[1] == "last.ckpt"
+    ck = torch.load(path, weights_only=True)
+    assert ck["step"] == 1 and ck["w"].sum() == 1000
+    atomic_torch_save({"step": 3}, path)
+    assert os.listdir(tmp_path) == ["last.ckpt"] and torch.load(path, weights_only=True)["step"] == 3
+
+
+class _FakeStrategy:
+    def __init__(self, device):
+        self.root_device = torch.device(device)
+
+
+class _DistTrainer:
+    def __init__(self, world_size, device):
+        self.world_size, self.strategy = world_size, _FakeStrategy(device)
+
+
+@pytest.mark.parametrize("world, device, converted", [(2, "cuda", True), (1, "cuda", False), (2, "cpu", False)])
+def test_sync_batchnorm_conversion_when_distributed(world, device, converted, recwarn):
+    from swtasks.cls import ClassificationModule
+
+    m = ClassificationModule("shiftwise_atto", num_classes=3, backbone_kwargs=TINY, ema_decay=0.9)
+    m._trainer = _DistTrainer(world, device)
+    m.setup("fit")
+    n_sync = sum(isinstance(x, nn.SyncBatchNorm) for x in m.backbone.modules())
+    n_bn = sum(isinstance(x, nn.BatchNorm2d) for x in m.backbone.modules())
+    if converted:
+        assert n_sync > 0 and n_bn == 0
+        # the EMA copy (evaluation only) keeps plain BN; names stay aligned so the EMA still updates
+        assert dict(m.backbone.named_parameters()).keys() == dict(m.ema.module.named_parameters()).keys()
+        m.ema.update(m.backbone)
+    else:
+        assert n_sync == 0 and n_bn > 0
+    if device == "cpu" and world > 1:
+        assert any("SyncBatchNorm needs GPUs" in str(w.message) for w in recwarn)
