@@ -390,3 +390,21 @@ def test_cuda_backend_matches_cpu_and_deploys():
         torch.backends.cudnn.allow_tf32 = tf32
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
     assert ((dep - ref).norm() / ref.norm()).item() <= 1e-3
+
+
+def test_layer_ids_follow_the_spec_rule():
+    from swtasks.models.layer_ids import default_num_layers, layer_id, stage_id
+
+    model = swtasks.create_model("shiftwise_tiny", num_classes=10)
+    ids = {n: layer_id(n, 12) for n, _ in model.named_parameters()}
+    assert ids["downsample_layers.0.0.weight"] == 0
+    assert ids["downsample_layers.1.0.weight"] == 2 and ids["downsample_layers.3.1.weight"] == 12
+    assert {ids[n] for n in ids if n.startswith("stages.0.")} == {1}
+    assert {ids[n] for n in ids if n.startswith("stages.2.")} == set(range(3, 9))  # 18 blocks, 3 per id
+    assert {ids[n] for n in ids if n.startswith("stages.3.")} == {12}
+    assert ids["head.weight"] is None and ids["norm.weight"] is None
+    assert layer_id("stages10.0.x") is None and layer_id("xstages.0.0.w") is None
+    assert stage_id("downsample_layers.2.0.weight") == 0 and stage_id("stages.3.0.gamma", 4) == 4
+    assert default_num_layers((3, 3, 18, 3)) == 12 and default_num_layers((3, 3, 27, 3)) == 12
+    assert default_num_layers((3, 3, 36, 3)) == 15
+    assert default_num_layers(None, [n for n, _ in model.named_parameters()]) == 12

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import re
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from ..models.layer_ids import default_num_layers, layer_id
 from .errors import InputError
 
 __all__ = [
@@ -46,36 +46,11 @@ def decays(name: str, param: torch.Tensor, no_weight_decay: Iterable[str] = ()) 
     return not _matches(name, no_weight_decay)
 
 
-_STAGE = re.compile(r"(?:^|\.)(?:stages|layers)\.(\d+)(?:\.(\d+))?")
-_DOWN = re.compile(r"(?:^|\.)(?:downsample_layers|downsamples)\.(\d+)")
-_STEM = re.compile(r"(?:^|\.)stem(?:\.|$)")
-
-
 def layer_id_stages(name: str, num_layers: int = 12) -> int:
-    """Layer id of a parameter of a four-stage ConvNeXt/UniRepLKNet-style backbone (the spec's rule).
-
-    stem (``downsample_layers.0`` or ``stem``) -> 0; stage 1 -> 1; downsample 2 / stage 2 -> 2;
-    downsample 3 -> 3; stage 3 block b -> 3 + b // 3; downsample 4 / stage 4 -> num_layers; anything else
-    (final norm, head) -> num_layers + 1.
-    """
-    if _STEM.search(name):
-        return 0
-    m = _DOWN.search(name)
-    if m:
-        i = int(m.group(1))
-        return (0, 2, 3, num_layers)[i] if i < 4 else num_layers
-    m = _STAGE.search(name)
-    if m:
-        s = int(m.group(1))
-        if s == 0:
-            return 1
-        if s == 1:
-            return 2
-        if s == 2:
-            b = int(m.group(2) or 0)
-            return min(3 + b // 3, num_layers)
-        return num_layers
-    return num_layers + 1
+    """Layer id of a parameter of a four-stage ConvNeXt/UniRepLKNet-style backbone (the spec's rule,
+    `swtasks.models.layer_ids`); names outside the layout (final norm, head) get num_layers + 1."""
+    lid = layer_id(name, num_layers)
+    return num_layers + 1 if lid is None else lid
 
 
 def param_groups(
@@ -139,13 +114,8 @@ def param_groups(
 
 
 def _default_num_layers(model: nn.Module) -> int:
-    """12 (the ConvNeXt/UniRepLKNet convention), raised when stage 3 is deep enough to need more ids."""
-    depth3 = 0
-    for name, _ in model.named_parameters():
-        m = _STAGE.search(name)
-        if m and int(m.group(1)) == 2 and m.group(2) is not None:
-            depth3 = max(depth3, int(m.group(2)) + 1)
-    return max(12, 3 + (depth3 - 1) // 3 + 1) if depth3 else 12
+    depths = getattr(model, "depths", None)
+    return default_num_layers(depths, (name for name, _ in model.named_parameters()))
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

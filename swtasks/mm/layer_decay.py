@@ -26,7 +26,6 @@ the backbone's ``no_weight_decay()``; ``paramwise_cfg['no_decay_keys']`` adds na
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 
 import torch.nn as nn
@@ -35,55 +34,25 @@ from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
+from ..models.layer_ids import default_num_layers as _default_layer_count
+from ..models.layer_ids import layer_id, stage_id
+
 DECAY_TYPES = ("layer_wise", "stage_wise")
-_STAGE = re.compile(r"^stages\.(\d+)(?:\.(\d+))?\.")
-_DOWN = re.compile(r"^downsample_layers\.(\d+)\.")
 
-
-def get_layer_id(name: str, num_layers: int) -> int | None:
-    """Layer id of a backbone parameter ``name`` (relative to the backbone) for ``layer_wise`` decay.
-
-    Returns None for names outside the ConvNeXt layout (``downsample_layers``/``stages``); callers treat
-    those as new layers (id ``num_layers + 1``).
-    """
-    m = _DOWN.match(name)
-    if m:
-        i = int(m.group(1))
-        return (0, 2, 3)[i] if i < 3 else num_layers
-    m = _STAGE.match(name)
-    if m:
-        s = int(m.group(1))
-        if s == 0:
-            return 1
-        if s == 1:
-            return 2
-        if s == 2:
-            b = int(m.group(2)) if m.group(2) is not None else 0
-            return min(3 + b // 3, num_layers)
-        return num_layers
-    return None
-
-
-def get_stage_id(name: str, num_layers: int) -> int | None:
-    """Stage id of a backbone parameter for ``stage_wise`` decay (None outside the layout)."""
-    if _DOWN.match(name):
-        return 0
-    m = _STAGE.match(name)
-    if m:
-        return min(int(m.group(1)) + 1, num_layers)
-    return None
+# the layer-id rule lives with the network (shared with the classification optimiser)
+get_layer_id = layer_id
+get_stage_id = stage_id
 
 
 def default_num_layers(backbone: nn.Module | None, decay_type: str) -> int:
-    """``num_layers`` when the config does not give it: the last id a block of the backbone gets."""
+    """``num_layers`` when the config does not give it: 4 stage-wise; layer-wise 12, or more when stage 3
+    is deep enough to need more ids."""
     if decay_type == "stage_wise":
         return 4
     depths = getattr(backbone, "depths", None)
     if depths is None and backbone is not None and hasattr(backbone, "stages"):
         depths = [len(s) for s in backbone.stages]
-    if not depths or len(depths) < 3:
-        return 12
-    return 3 + (int(depths[2]) - 1) // 3 + 1
+    return _default_layer_count(depths)
 
 
 def _no_wd_names(backbone: nn.Module | None) -> set[str]:
@@ -102,7 +71,7 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     ``paramwise_cfg`` keys: ``decay_rate`` (float in (0, 1], default 1.0 = no decay), ``decay_type``
     (``'layer_wise'`` default or ``'stage_wise'``), ``num_layers`` (default: derived from the backbone's
-    depths, 3 + (depth of stage 3 - 1) // 3 + 1), ``no_decay_keys`` (extra name substrings without weight
+    depths: 12, or 3 + (depth of stage 3 - 1) // 3 + 1 when larger), ``no_decay_keys`` (extra name substrings without weight
     decay). The model must have a ``backbone`` attribute (every mmdet detector / mmseg segmentor has).
     """
 
