@@ -11,18 +11,9 @@ overrides as Python literals, e.g. `--set num_classes=100 --set "kernel_sizes=(5
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 
-
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value  # a bare word: keep it as a string
+from swtasks.cliutil import key_value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         "--set",
         dest="overrides",
         action="append",
-        type=_override,
+        type=key_value,
         default=[],
         metavar="KEY=VALUE",
         help="model override (repeatable)",

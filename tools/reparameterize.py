@@ -14,37 +14,10 @@ structures on a random batch are compared first. Detector / segmentor checkpoint
 from __future__ import annotations
 
 import argparse
-import ast
-import os
 import sys
-import tempfile
 
-
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
-
-
-def save_atomic(obj, path: str) -> None:
-    """torch.save to a temporary file in the destination's directory, then os.replace onto `path`."""
-    import torch
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from swtasks.cliutil import key_value
+from swtasks.io import atomic_torch_save
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", metavar="OUT", help="where to write the deploy state dict")
     parser.add_argument("--model", required=True, help="registry name, e.g. shiftwise_tiny")
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
-                        metavar="KEY=VALUE", help="model override as a Python literal (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="model override as a Python literal (repeatable)",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the logits comparison")
     parser.add_argument("--verify-size", type=int, default=64, help="image size of the verification batch")
     args = parser.parse_args(argv)
@@ -65,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = dict(args.overrides)
     try:
-        model = create_model(args.model, num_classes=args.num_classes, checkpoint_path=args.input, **overrides)
+        model = create_model(
+            args.model, num_classes=args.num_classes, checkpoint_path=args.input, **overrides
+        )
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -77,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     x = None
     if not args.no_verify:
         size = max(args.verify_size, getattr(model, "total_stride", 32))
-        x = torch.randn(2, getattr(model, "in_chans", 3), size, size, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(
+            2, getattr(model, "in_chans", 3), size, size, generator=torch.Generator().manual_seed(0)
+        )
         with torch.no_grad():
             ref = model(x)
     model.reparameterize()
@@ -88,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         rel = ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
         print(f"verify: relative error of the deploy logits {rel:.2e}")
         if not rel <= 1e-4:
-            print("error: the deploy structure does not reproduce the logits (relative error > 1e-4)", file=sys.stderr)
+            print(
+                "error: the deploy structure does not reproduce the logits (relative error > 1e-4)",
+                file=sys.stderr,
+            )
             return 1
-    save_atomic(model.state_dict(), args.output)
+    atomic_torch_save(model.state_dict(), args.output)
     print(f"{args.model}: {before:,} -> {after:,} parameters; deploy state dict written to {args.output}")
     return 0
 

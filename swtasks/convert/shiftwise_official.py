@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from swtasks.io import atomic_torch_save
 from swtasks.models import SHIFTWISE_ARCHS, ShiftWiseBlock, create_model
 from swtasks.models.registry import CheckpointMismatchError, extract_state_dict
 
@@ -276,18 +276,5 @@ def convert_checkpoint_file(
         "merged": merged,
         "converted_from": os.path.basename(os.fspath(src_path)),
     }
-    dst_path = os.fspath(dst_path)
-    directory = os.path.dirname(os.path.abspath(dst_path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": sd, "meta": meta}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save({"state_dict": sd, "meta": meta}, dst_path)
     return meta

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..io import atomic_torch_save
+
 
 def _model_registry(cfg):
     scope = cfg.get("default_scope") or "mmdet"
@@ -137,7 +139,7 @@ def reparameterize_checkpoint(
     meta = dict(obj.get("meta") or {})
     meta.update(deploy=True, source_checkpoint=osp.abspath(checkpoint))
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    torch.save({"state_dict": state, "meta": meta}, out)
+    atomic_torch_save({"state_dict": state, "meta": meta}, out)
     deploy_cfg.dump(out_config)
     return report
 
