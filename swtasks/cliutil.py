@@ -15,3 +15,10 @@ def key_value(text: str) -> tuple[str, object]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value  # a bare word: keep it as a string
+
+
+def add_override_option(parser: argparse.ArgumentParser, help: str = "model override (repeatable)") -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, a list of (key, value) pairs."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", type=key_value, default=[], metavar="KEY=VALUE", help=help
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from swtasks.cliutil import key_value
+from swtasks.cliutil import add_override_option
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,15 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", metavar="IN", help="the reference checkpoint")
     parser.add_argument("output", metavar="OUT", help="where to write the converted checkpoint (atomically)")
     parser.add_argument("--arch", default="tiny", help="variant: tiny (the published SW-T), small, base, ...")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="model override (repeatable)",
-    )
+    add_override_option(parser, help="model override (repeatable)")
     parser.add_argument(
         "--trust-pickle",
         action="store_true",

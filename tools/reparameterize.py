@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from swtasks.cliutil import key_value
+from swtasks.cliutil import add_override_option
 from swtasks.io import atomic_torch_save
 
 
@@ -26,15 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", metavar="OUT", help="where to write the deploy state dict")
     parser.add_argument("--model", required=True, help="registry name, e.g. shiftwise_tiny")
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="model override as a Python literal (repeatable)",
-    )
+    add_override_option(parser, help="model override as a Python literal (repeatable)")
     parser.add_argument("--no-verify", action="store_true", help="skip the logits comparison")
     parser.add_argument("--verify-size", type=int, default=64, help="image size of the verification batch")
     args = parser.parse_args(argv)
