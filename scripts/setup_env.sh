@@ -76,7 +76,7 @@ if ! have_mmcv; then
       tail -n 40 "$build/build.log" >&2
       "${PIP[@]}" install -q "$SETUPTOOLS"
       log "mmcv build FAILED (full log: $build/build.log)."
-      log "See README.md, section 'Troubleshooting: the mmcv build'."
+      log "See docs/install.md, section 'Troubleshooting: the mmcv build'."
       exit 1
     fi
     "${PIP[@]}" install -q "$SETUPTOOLS"

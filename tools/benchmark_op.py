@@ -24,7 +24,7 @@ device's copy bandwidth (device-to-device copy) and FP32 FMA rate (an FMA-chain 
 an fp32 matmul without TF32 if Triton is missing) and reports achieved TFLOP/s and TB/s
 (compulsory traffic: read the input once, write the outputs once) and, for the Triton rows, the
 ratio of the measured time to the roofline bound max(bytes / bandwidth, FLOPs / FP32 rate)
-(formulas: shared/spec/triton-notes.md).
+(formulas: docs/operator.md, "Cost model").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a detector (MMDetection 3.x) with a swtasks backbone. See `--help` and README ("Detection and segmentation")."""
+"""Train a detector (MMDetection 3.x) with a swtasks backbone. See `--help` and docs/detection-segmentation.md."""
 
 import sys
 

@@ -36,7 +36,7 @@ sync_bn = 'torch'
 
 # The reference recipe states no layer-wise lr decay for ADE20K: rate 1.0 gives every parameter the base lr
 # (num_layers is then irrelevant); the constructor still takes weight decay off biases, norms, layer scales
-# and GRN. `--cfg-options optim_wrapper.paramwise_cfg.decay_rate=0.9` turns decay on (layer ids: README).
+# and GRN. `--cfg-options optim_wrapper.paramwise_cfg.decay_rate=0.9` turns decay on (layer ids: docs/detection-segmentation.md).
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',

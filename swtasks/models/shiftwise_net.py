@@ -1,6 +1,6 @@
 """ShiftWiseNet: UniRepLKNet's macro-architecture with the shift-wise (SW) operator as its large kernel.
 
-Spec: shared/spec/shiftwise-network.md. Module names mirror the reference implementation's state dict
+Spec: docs/models.md, "ShiftWiseNet". Module names mirror the reference implementation's state dict
 so that converting the published checkpoint is a near-identity key mapping:
 
     downsample_layers.0          stem: Conv3x3 s2 (3 -> C0/2) . LayerNorm(cf) . GELU . Conv3x3 s2 . LayerNorm(cf)

@@ -1,6 +1,6 @@
 """The exact shift-wise (SW) operator: index tables, kernel construction, and a literal reference.
 
-Definitions follow the project's operator spec (shared/spec/shiftwise-operator.md, sections 2-5).
+Definitions follow the project's operator spec (docs/operator.md, "Definition").
 Notation: C channels, R rep channels, K big kernel, k small kernel, nk = ceil(K / k) small kernels
 per rep channel, L = k * nk strip length, n_rep slot permutations ("groups").
 
