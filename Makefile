@@ -1,15 +1,19 @@
 # One set-up path for everything: each target creates ./.venv if needed (scripts/setup_env.sh), then runs.
+# `make demo` installs the core and the Lightning extra only (minutes); `make test` installs everything.
 PY := .venv/bin/python
 
-.PHONY: setup test demo lint clean-venv
+.PHONY: setup setup-demo test demo lint clean-venv
 
 setup:
-	@bash scripts/setup_env.sh
+	@bash scripts/setup_env.sh full
+
+setup-demo:
+	@bash scripts/setup_env.sh demo
 
 test: setup
 	$(PY) -m pytest -q
 
-demo: setup
+demo: setup-demo
 	$(PY) tools/train_cls.py fit --config configs/cls/demo.yaml
 
 lint: setup

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# One set-up path for everything (README, CI, users): create ./.venv if missing, install the pinned
-# stack, build (once) and cache the mmcv wheel, install swtasks in editable mode with its test extra.
-# A second run with everything present only checks a stamp and returns in seconds.
+# One set-up path for everything (README, CI, users): create ./.venv if missing and install swtasks in
+# editable mode with the extras of a profile. A second run with everything present only checks a stamp and
+# returns in seconds.
+#
+#   scripts/setup_env.sh demo   core + the `cls` extra (Lightning): minutes on a fresh machine (make demo)
+#   scripts/setup_env.sh full   everything: + `mm` (mmcv built from source once and cached) + `test` (make test)
+#
+# A full environment also serves the demo profile.
 set -euo pipefail
+
+PROFILE="${1:-full}"
+case "$PROFILE" in
+  demo) EXTRAS="cls" ;;
+  full) EXTRAS="cls,mm,test" ;;
+  *) echo "usage: $0 [demo|full]" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -18,15 +30,16 @@ SETUPTOOLS="setuptools>=77,<81"  # torch 2.14 needs >= 77; mmengine 0.10.7 needs
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # The stamp covers everything that decides what is installed; if it matches, nothing to do.
-stamp_input() {
-  cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh"
-  echo "$VENV"
+stamp_for() {
+  { cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh"; echo "$VENV $1"; } | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.swtasks-setup-stamp"
-want_stamp="$(stamp_input | sha256sum | cut -d' ' -f1)"
-if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]]; then
-  log "environment up to date ($VENV)"
-  exit 0
+if [[ -x "$VENV/bin/python" && -f "$STAMP" ]]; then
+  have="$(cat "$STAMP")"
+  if [[ "$have" == "$(stamp_for "$PROFILE")" || "$have" == "$(stamp_for full)" ]]; then
+    log "environment up to date ($VENV, profile $PROFILE)"
+    exit 0
+  fi
 fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -40,6 +53,14 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 if ! "$PY" -c "import torch, torchvision, sys; sys.exit(0 if (torch.__version__.split('+')[0], torchvision.__version__.split('+')[0]) == ('$TORCH_VERSION', '$TORCHVISION_VERSION') else 1)" 2>/dev/null; then
   log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION (large; about 2 minutes from a local wheel)"
   "${PIP[@]}" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+fi
+
+if [[ "$PROFILE" == demo ]]; then
+  log "installing swtasks (editable) with the extra [$EXTRAS]"
+  "${PIP[@]}" install -q -e "$ROOT[$EXTRAS]"
+  "$PY" -c "import swtasks; print('[setup] swtasks', swtasks.__version__, 'ready (profile demo)')"
+  stamp_for demo > "$STAMP"
+  exit 0
 fi
 
 # ---- mmcv: no wheel exists for torch 2.14; build it from the sdist once and cache the wheel -----
@@ -101,7 +122,7 @@ if ! "$PY" -c "import pkg_resources, setuptools, sys; sys.exit(not 77 <= int(set
   "${PIP[@]}" install -q "$SETUPTOOLS"
 fi
 
-log "installing swtasks (editable) with its test extra"
-"${PIP[@]}" install -q -e "$ROOT[test]"
-"$PY" -c "import swtasks; print('[setup] swtasks', swtasks.__version__, 'ready')"
-echo "$want_stamp" > "$STAMP"
+log "installing swtasks (editable) with the extras [$EXTRAS]"
+"${PIP[@]}" install -q -e "$ROOT[$EXTRAS]"
+"$PY" -c "import swtasks; print('[setup] swtasks', swtasks.__version__, 'ready (profile full)')"
+stamp_for full > "$STAMP"

@@ -1,4 +1,4 @@
-"""Small helpers shared by the command-line tools (argparse types)."""
+"""Small helpers shared by the command-line tools (argparse types, one-line user errors)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,22 @@ def add_override_option(parser: argparse.ArgumentParser, help: str = "model over
     parser.add_argument(
         "--set", dest="overrides", action="append", type=key_value, default=[], metavar="KEY=VALUE", help=help
     )
+
+
+def run_tool(main, argv=None, *, prog: str, user_errors: tuple[type[BaseException], ...] | None = None) -> int:
+    """Run ``main(argv)`` for a command-line tool: a user error prints one line ``PROG: error: ...`` and
+    returns 2 (``SWTASKS_DEBUG=1`` re-raises it with its traceback); other exceptions propagate."""
+    import os
+    import sys
+
+    from swtasks.checkpoint import CheckpointError, CheckpointMismatchError
+
+    errors = user_errors or (CheckpointError, CheckpointMismatchError, FileNotFoundError, ValueError)
+    try:
+        return int(main(argv) or 0)
+    except errors as e:
+        if os.environ.get("SWTASKS_DEBUG"):
+            raise
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return 2

@@ -14,10 +14,10 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import swtasks
+from swtasks.checkpoint import CheckpointMismatchError
 from swtasks.layers.common import GRN, LayerNorm
 from swtasks.models import (
     SHIFTWISE_ARCHS,
-    CheckpointMismatchError,
     ModelConfigError,
     ShiftWiseNet,
     create_model,
@@ -393,7 +393,7 @@ def test_cuda_backend_matches_cpu_and_deploys():
 
 
 def test_layer_ids_follow_the_spec_rule():
-    from swtasks.models.layer_ids import default_num_layers, layer_id, stage_id
+    from swtasks.models.param_groups import default_num_layers, layer_id, stage_id
 
     model = swtasks.create_model("shiftwise_tiny", num_classes=10)
     ids = {n: layer_id(n, 12) for n, _ in model.named_parameters()}

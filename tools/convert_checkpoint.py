@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Convert a reference implementation's checkpoint into a swtasks checkpoint.
+"""Convert a published implementation's checkpoint into this toolkit's weights file.
 
-    tools/convert_checkpoint.py --source shiftwise-official IN.pth OUT.pth [--arch tiny] [--set KEY=VALUE ...]
+    tools/convert_checkpoint.py --source SOURCE IN OUT --model NAME [--set KEY=VALUE ...] [--trust-pickle]
+    tools/convert_checkpoint.py --source shiftwise-official IN OUT --arch tiny      (= --model shiftwise_tiny)
 
-The output holds {'state_dict', 'meta'} and loads with
-`swtasks.create_model('shiftwise_<arch>', checkpoint_path=OUT)` (same overrides). `--set` passes model
-overrides as Python literals, e.g. `--set num_classes=100 --set "kernel_sizes=(51, 49, 47, 13)"`.
+OUT holds {'state_dict', 'meta'} (a path ending in .safetensors: safetensors) and loads with
+`swtasks.create_model(NAME, checkpoint_path=OUT)` (same overrides). `--set` passes model overrides as Python
+literals, e.g. `--set num_classes=100`; num_classes defaults to the file's. IN is read weights-only; a
+file that holds other Python objects needs --trust-pickle (only for files you trust). Bad input ends with
+one line naming the file, key or value (exit status 2; SWTASKS_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
@@ -13,42 +16,39 @@ from __future__ import annotations
 import argparse
 import sys
 
-from swtasks.cliutil import add_override_option
+from swtasks.cliutil import add_override_option, run_tool
 
 
-def main(argv: list[str] | None = None) -> int:
-    from swtasks.convert import SOURCES, convert_checkpoint_file
+def _main(argv: list[str] | None) -> int:
+    from swtasks.convert import convert_checkpoint_file, sources
 
+    known = sources()
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--source", required=True, choices=SOURCES, help="which implementation wrote IN")
-    parser.add_argument("input", metavar="IN", help="the reference checkpoint")
+    parser.add_argument("--source", required=True, choices=sorted(known), help="which implementation wrote IN")
+    parser.add_argument("input", metavar="IN", help="the published checkpoint")
     parser.add_argument("output", metavar="OUT", help="where to write the converted checkpoint (atomically)")
-    parser.add_argument("--arch", default="tiny", help="variant: tiny (the published SW-T), small, base, ...")
+    parser.add_argument("--model", help="registry name, e.g. shiftwise_tiny (see swtasks.list_models())")
+    parser.add_argument("--arch", help="variant of the source's family, e.g. tiny (shorthand for --model)")
     add_override_option(parser, help="model override (repeatable)")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="load IN with weights_only=False (only for files you trust)",
-    )
+    parser.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of IN (trusted files)")
     args = parser.parse_args(argv)
+    if args.model and args.arch:
+        parser.error("give --model or --arch, not both")
+    model = args.model or f"{known[args.source]}_{args.arch or 'tiny'}"
     meta = convert_checkpoint_file(
-        args.input,
-        args.output,
-        source=args.source,
-        arch=args.arch,
-        trust_pickle=args.trust_pickle,
+        args.input, args.output, source=args.source, model=model, trust_pickle=args.trust_pickle,
         **dict(args.overrides),
     )
     print(
         f"wrote {args.output}: {meta['architecture']}, num_classes={meta['num_classes']}, "
-        f"merged={meta['merged']}, overrides={meta['overrides']}"
+        f"{meta['tensors']} tensors, overrides={meta['overrides']}"
     )
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(_main, argv, prog="convert_checkpoint.py")
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception as err:  # a clear one-paragraph message instead of a traceback
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())

@@ -12,7 +12,7 @@ from .callbacks import LearningCurves, PredictionWriter, SparseTraining, StepSch
 from .data import ImageClassificationDataModule
 from .ema import ModelEMA
 from .errors import DataNotFoundError, InputError
-from .io import AtomicCheckpointIO, atomic_torch_save
+from .io import AtomicCheckpointIO
 from .mix import MixUpCutMix, soft_target_cross_entropy
 from .module import ClassificationModule
 
@@ -28,6 +28,5 @@ __all__ = [
     "PredictionWriter",
     "SparseTraining",
     "StepSchedule",
-    "atomic_torch_save",
     "soft_target_cross_entropy",
 ]

@@ -17,31 +17,25 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import CheckpointError, load_into, read_checkpoint, save_weights
 from .errors import DataNotFoundError, InputError
-from .io import atomic_torch_save
 
 BACKBONE_PREFIX = "backbone."
 EMA_PREFIX = "ema.module."
 
 
-def load_lightning_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_lightning_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """A checkpoint of tools/train_cls.py, read weights-only (errors name the file)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = read_checkpoint(path, trust_pickle=trust_pickle)
+    except CheckpointError as e:
+        raise InputError(str(e)) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise InputError(f"{path} is not a Lightning checkpoint of tools/train_cls.py (no 'state_dict')")
     return ckpt
-
-
-def backbone_state_dict(ckpt: dict[str, Any], *, ema: bool = False) -> dict[str, torch.Tensor]:
-    """The raw (or EMA) backbone weights of a ClassificationModule checkpoint, without prefixes."""
-    prefix = EMA_PREFIX if ema else BACKBONE_PREFIX
-    sd = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if not sd:
-        what = "EMA weights (the run had no model.ema_decay)" if ema else "'backbone.' weights"
-        raise InputError(f"the checkpoint holds no {what}")
-    return sd
 
 
 def fold_kernel_masks(model: torch.nn.Module) -> int:
@@ -64,11 +58,14 @@ def export_backbone(
     ema: bool = False,
     reparameterize: bool = False,
     drop_head: bool = False,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Write the exported backbone to ``output``; returns the file's ``meta`` dict."""
+    """Write the exported backbone to ``output``; returns the file's ``meta`` dict. ``reparameterize`` folds
+    into the deploy structure and verifies the outputs (swtasks.models.deploy.reparameterize_verified)."""
     import swtasks
+    from swtasks.models.deploy import reparameterize_verified
 
-    ckpt = load_lightning_checkpoint(checkpoint)
+    ckpt = load_lightning_checkpoint(checkpoint, trust_pickle=trust_pickle)
     hp = dict(ckpt.get("hyper_parameters") or {})
     name = hp.get("backbone")
     if not isinstance(name, str):
@@ -76,22 +73,30 @@ def export_backbone(
     num_classes = int(hp.get("num_classes", 1000))
     kwargs = dict(hp.get("backbone_kwargs") or {})
     model = swtasks.create_model(name, num_classes=num_classes, **kwargs)
-    model.load_state_dict(backbone_state_dict(ckpt, ema=ema), strict=True)
+    prefix = EMA_PREFIX if ema else BACKBONE_PREFIX
+    if not any(k.startswith(prefix) for k in ckpt["state_dict"]):
+        what = "EMA weights (the run had no model.ema_decay)" if ema else "'backbone.' weights"
+        raise InputError(f"the checkpoint holds no {what}")
+    load_into(model, ckpt, prefix=prefix, source=os.fspath(checkpoint))
     model.eval()
     folded = fold_kernel_masks(model)
+    verified = None
     if reparameterize:
-        if not hasattr(model, "reparameterize"):
-            raise InputError(f"{name} has no reparameterize()")
-        model.reparameterize()
+        try:
+            verified = reparameterize_verified(model)["relative_error"]
+        except ValueError as e:
+            raise InputError(f"{name}: {e}") from e
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if drop_head:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     meta = {
+        "architecture": name,
         "backbone": name,
         "num_classes": 0 if drop_head else num_classes,
         "backbone_kwargs": kwargs,
         "ema": bool(ema),
         "deploy": bool(reparameterize),
+        "verified_relative_error": verified,
         "folded_sparsity_masks": folded,
         "source": os.path.abspath(os.fspath(checkpoint)),
         "epoch": ckpt.get("epoch"),
@@ -99,5 +104,5 @@ def export_backbone(
         "data_config": ckpt.get("data_config"),
         "key_prefix": BACKBONE_PREFIX,
     }
-    atomic_torch_save({"state_dict": {BACKBONE_PREFIX + k: v for k, v in sd.items()}, "meta": meta}, output)
+    save_weights(output, {BACKBONE_PREFIX + k: v for k, v in sd.items()}, meta)
     return meta

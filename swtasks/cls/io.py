@@ -9,9 +9,9 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..io import atomic_torch_save
+from ..checkpoint import atomic_torch_save
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointIO"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,10 +14,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..models.param_groups import param_groups
 from .ema import ModelEMA
 from .errors import InputError
 from .mix import MixUpCutMix, soft_target_cross_entropy
-from .optim import WarmupCosine, param_groups
+from .optim import WarmupCosine
 
 DEFAULT_DATA_CONFIG = {
     "input_size": (3, 224, 224),
@@ -267,15 +268,19 @@ class ClassificationModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups(
-            self.backbone,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            no_weight_decay=hp.no_weight_decay_keys or (),
-            layer_decay=hp.layer_decay,
-        )
+        try:
+            groups = param_groups(
+                self.backbone,
+                lr=hp.lr,
+                weight_decay=hp.weight_decay,
+                no_weight_decay=hp.no_weight_decay_keys or (),
+                layer_decay=hp.layer_decay,
+            )
+        except ValueError as e:
+            raise InputError(f"model.layer_decay: {e}") from e
         for g in groups:
-            g.pop("names")
+            for key in ("names", "group_name", "layer_id"):
+                g.pop(key)
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         total = int(self.trainer.estimated_stepping_batches)
         if hp.warmup_steps is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import logging
 import numbers
-import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -25,17 +24,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoint import (
-    CLASSIFIER_PREFIXES,
-    CheckpointMismatchError,
-    compare_state_dicts,
-    extract_state_dict,
-    format_mismatch,
-    read_checkpoint,
-    select_backbone_weights,
-)
+from swtasks.checkpoint import CheckpointMismatchError, LoadReport, load_into, read_checkpoint
 
-_OUT_NORM = re.compile(r"^norm\d+\.")
 # variant aliases between families that spell sizes differently (shiftwise_tiny vs unireplknet_t)
 _SIZE_ALIASES = {
     "tiny": "t",
@@ -268,6 +258,19 @@ class RegistryBackbone(BaseModule):
         fn = getattr(self._net, "no_weight_decay", None)
         return set(fn()) if callable(fn) else set()
 
+    # the family's own layer-id rule for layer-wise lr decay, when it has one (swtasks.models.param_groups)
+    @property
+    def layer_id(self):
+        return getattr(self._net, "layer_id", None)
+
+    @property
+    def stage_id(self):
+        return getattr(self._net, "stage_id", None)
+
+    @property
+    def num_layer_ids(self):
+        return getattr(self._net, "num_layer_ids", None)
+
     @property
     def depths(self):
         stages = getattr(self._net, "stages", None)
@@ -319,78 +322,59 @@ class RegistryBackbone(BaseModule):
             self._apply_sparse_masks()
         self._is_init = True
 
-    def _new_keys(self, keys) -> set[str]:
-        return {k for k in keys if _OUT_NORM.match(k)}
-
     @torch.no_grad()
     def load_pretrained(
-        self, checkpoint, prefix: str | None = None, strict: bool = True, map_location="cpu"
+        self, checkpoint, prefix: str | None = None, strict: bool = True, map_location="cpu",
+        trust_pickle: bool = False,
     ) -> dict:
-        """Load backbone weights from a checkpoint file / URL / state dict (see :mod:`swtasks.mm.checkpoint`).
-
-        Returns a report dict (``source``, ``selected``, ``loaded``, ``new``, ``ignored``). With
-        ``strict=True`` any real mismatch raises ``CheckpointMismatchError`` naming the keys; with
-        ``strict=False`` the fitting tensors load and the rest is logged.
+        """Load backbone weights from a checkpoint file / URL / state dict with ``swtasks.checkpoint.load_into``
+        (weights-only reading, prefix as a hint, the family's published layout converted, every mismatch
+        named). A training-structure file for a ``deploy=True`` backbone is loaded into the training
+        structure and re-parameterised. Returns a report dict (``source``, ``selected``, ``loaded``, ``new``,
+        ``ignored``). With ``strict=False`` the fitting tensors load and the rest is logged.
         """
         source = checkpoint if isinstance(checkpoint, str) else "state dict"
-        obj = read_checkpoint(checkpoint, map_location) if isinstance(checkpoint, str) else checkpoint
-        sd = extract_state_dict(obj, source=source)
-        sd = self._maybe_convert(sd, source)
-        own = self.state_dict()
-        weights, how = select_backbone_weights(sd, own.keys(), prefix=prefix, source=source)
+        if isinstance(checkpoint, str) and "://" in checkpoint:
+            from mmengine.runner import CheckpointLoader
+
+            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+        elif isinstance(checkpoint, str):
+            checkpoint = read_checkpoint(checkpoint, trust_pickle=trust_pickle, map_location=map_location)
         target = f"{type(self).__name__}(arch={self.arch!r}{', deploy=True' if self.deploy else ''})"
-        missing, unexpected, mismatched = compare_state_dicts(own, weights, new_keys=self._new_keys(own))
-        if (missing or unexpected or mismatched) and self.deploy:
-            # a training-form checkpoint for a deploy-form backbone: load, then re-parameterise
-            train = self._create(deploy=False)
-            t_own = train.state_dict()
-            t_miss, t_unexp, t_mis = compare_state_dicts(t_own, weights, new_keys=self._new_keys(t_own))
-            if not (t_miss or t_unexp or t_mis):
-                train.load_state_dict({k: v for k, v in weights.items() if k in t_own}, strict=False)
-                train.eval()
-                train.reparameterize()
-                weights = train.state_dict()
-                how += " (training structure, re-parameterised while loading)"
-                missing, unexpected, mismatched = compare_state_dicts(
-                    own, weights, new_keys=self._new_keys(own)
-                )
-        ignored = sorted(
-            {k.split(".", 1)[0] + ".*" for k in weights if k not in own and k.startswith(CLASSIFIER_PREFIXES)}
-        )
-        if missing or unexpected or mismatched:
-            msg = format_mismatch(f"checkpoint {source!r} ({how})", target, missing, unexpected, mismatched)
-            if strict:
-                raise CheckpointMismatchError(msg)
-            print_log(
-                msg + " -- loading the fitting tensors (strict=False)",
-                logger="current",
-                level=logging.WARNING,
-            )
-        bad = {k for k, _, _ in mismatched}
-        to_load = {k: v for k, v in weights.items() if k in own and k not in bad}
-        # kernel masks saved by sparse training load into layers that have none yet (handled by the layer)
-        to_load.update({k: v for k, v in weights.items() if k.endswith("kernel_mask") and k not in own})
-        self.load_state_dict(to_load, strict=False)
-        new = sorted({k.split(".", 1)[0] for k in self._new_keys(own) if k not in weights})
-        report = {
-            "source": source,
-            "selected": how,
-            "loaded": len(to_load),
-            "new": new,
-            "ignored": ignored,
-        }
+        try:
+            report = load_into(self._net, checkpoint, prefix=prefix, strict=True, source=source)
+        except CheckpointMismatchError as err:
+            report = self._load_training_form(checkpoint, prefix, source) if self.deploy else None
+            if report is None:
+                if strict:
+                    raise CheckpointMismatchError(f"{err} (loading {target})") from None
+                report = load_into(self._net, checkpoint, prefix=prefix, strict=False, source=source)
+                print_log(f"{err} -- loading the fitting tensors (strict=False)", logger="current",
+                          level=logging.WARNING)
         print_log(
-            f"{type(self).__name__}: loaded {len(to_load)} tensors from {source} ({how}); "
-            f"kept at init: {', '.join(new) or 'nothing'}; ignored: {', '.join(ignored) or 'nothing'}",
+            f"{type(self).__name__}: loaded {report.loaded} tensors from {source} ({report.selected}"
+            f"{', converted from the published layout' if report.converted else ''}); "
+            f"kept at init: {', '.join(report.new) or 'nothing'}; ignored: {', '.join(report.ignored) or 'nothing'}",
             logger="current",
         )
         if self.sparse:
             self._apply_sparse_masks()
-        return report
+        return {"source": source, "selected": report.selected, "loaded": report.loaded, "new": report.new,
+                "ignored": report.ignored}
 
-    def _maybe_convert(self, sd: dict, source: str) -> dict:
-        """Hook for checkpoints in a foreign layout (overridden where a converter exists)."""
-        return sd
+    def _load_training_form(self, checkpoint, prefix, source) -> LoadReport | None:
+        """A training-structure checkpoint for a deploy backbone: load it into the training structure, fold,
+        copy the deploy weights over. None when the file does not fit the training structure either."""
+        train = self._create(deploy=False)
+        try:
+            report = load_into(train, checkpoint, prefix=prefix, strict=True, source=source)
+        except CheckpointMismatchError:
+            return None
+        train.eval()
+        train.reparameterize()
+        load_into(self._net, train.state_dict(), strict=True, source=source)
+        report.selected += " (training structure, re-parameterised while loading)"
+        return report
 
     def _apply_sparse_masks(self) -> dict:
         from swtasks.sparse import masks_from_weights
@@ -411,45 +395,5 @@ class ShiftWiseNet(RegistryBackbone):
 
     family = "shiftwise"
 
-    def _maybe_convert(self, sd: dict, source: str) -> dict:
-        if not any(".large_kernel.LoRAs." in k or ".large_kernel.bn_lora1." in k for k in sd):
-            return sd
-        try:
-            from swtasks.convert import convert_shiftwise_official
-        except ImportError:
-            raise CheckpointMismatchError(
-                f"{source} is in the reference implementation's layout (large_kernel.LoRAs.*); convert it first "
-                "with tools/convert_checkpoint.py"
-            ) from None
-        print_log(f"{source}: the reference implementation's layout; converting it", logger="current")
-        return convert_shiftwise_official(sd, arch=self.model_name, **self._arch_overrides)
 
-
-class UniRepLKNet(RegistryBackbone):
-    """UniRepLKNet backbone from the swtasks registry (peer comparison); see :class:`RegistryBackbone`."""
-
-    family = "unireplknet"
-
-
-class SLaK(RegistryBackbone):
-    """SLaK backbone from the swtasks registry (peer comparison); see :class:`RegistryBackbone`."""
-
-    family = "slak"
-
-
-class SWConvNeXt(RegistryBackbone):
-    """ConvNeXt from the swtasks registry (peer comparison; named so as not to clash with mmpretrain's)."""
-
-    family = "convnext"
-
-
-class KWResNet(RegistryBackbone):
-    """KernelWarehouse ResNet from the swtasks registry (peer comparison); see :class:`RegistryBackbone`."""
-
-    family = "kw"
-
-    def __init__(self, arch="resnet18_1x", layer_scale_init_value=None, **kwargs):
-        super().__init__(arch=arch, layer_scale_init_value=layer_scale_init_value, **kwargs)
-
-
-BACKBONES = (ShiftWiseNet, UniRepLKNet, SLaK, SWConvNeXt, KWResNet)
+BACKBONES = (ShiftWiseNet,)

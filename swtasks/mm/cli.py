@@ -70,6 +70,13 @@ def _parser(task: str, mode: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher"
     )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="let torch.load unpickle arbitrary objects in checkpoints (load_from, --resume, downloaded files); "
+        "only for files you trust. Without it checkpoints are read weights-only (plus the plain data types "
+        "mmengine's own checkpoints hold)",
+    )
     # torch.distributed.launch passes --local-rank (torchrun sets LOCAL_RANK instead)
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return p
@@ -123,25 +130,22 @@ def set_data_root(cfg, new_root: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def trusted_checkpoint_loading():
-    """While active, ``torch.load`` calls that do not choose ``weights_only`` load full pickles again.
+def checkpoint_loading(trust_pickle: bool = False):
+    """How the Runner's own ``torch.load`` calls (``--resume``, ``load_from``, test) read checkpoints.
 
-    Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``, which cannot read the checkpoints that
-    mmengine's Runner writes and reads back itself (``--resume``, ``load_from``, test): they hold the
-    message hub (HistoryBuffer objects with numpy arrays, numpy dtypes reached through ``getattr``). The
-    entry points therefore restore the pre-2.6 default for the Runner, as mmengine expects; only load
-    checkpoints you trust. Calls that pass ``weights_only`` explicitly (swtasks' own loaders try
-    ``weights_only=True`` first) are not affected.
+    Default: weights-only (torch >= 2.6's default), with the plain data types that mmengine's checkpoints
+    hold allowed (``swtasks.mm.allow_mmengine_checkpoint_types``, done when ``swtasks.mm`` is imported): a
+    file that needs anything else is refused with torch's message naming the type. ``trust_pickle=True``
+    (``--trust-pickle``) restores full unpickling for the duration, for files you trust.
     """
     key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
     old = os.environ.get(key)
-    forced = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true")
-    if not forced:  # the user asked for weights_only everywhere: respect it
+    if trust_pickle:
         os.environ[key] = "1"
     try:
         yield
     finally:
-        if not forced:
+        if trust_pickle:
             if old is None:
                 os.environ.pop(key, None)
             else:
@@ -226,7 +230,7 @@ def main(task: str, mode: str, argv: Sequence[str] | None = None):
     import swtasks.mm  # noqa: F401  (registers the backbones even for configs without custom_imports)
 
     cfg = load_config(args, task, mode)
-    with trusted_checkpoint_loading():
+    with checkpoint_loading(args.trust_pickle):
         runner = _build_runner(cfg)
         if mode == "train":
             runner.train()

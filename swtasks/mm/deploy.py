@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import os
 import os.path as osp
 from collections.abc import Sequence
 
 import torch
 
-from ..io import atomic_torch_save
+from ..checkpoint import read_checkpoint, save_weights
+from ..models.deploy import reparameterize_verified
 
 
 def _model_registry(cfg):
@@ -63,17 +63,12 @@ def _features(model, x):
     return [f.float() for f in (feats if isinstance(feats, (list, tuple)) else [feats])]
 
 
-def reparameterize_model(model) -> None:
-    """In place: re-parameterise every module of ``model`` that offers ``reparameterize()`` (the backbone)."""
-    model.eval()
-    done = False
-    for m in model.modules():
-        if m is not model and hasattr(m, "reparameterize") and hasattr(m, "deploy"):
-            m.reparameterize()
-            done = True
-            break  # the backbone wrapper re-parameterises its whole network
-    if not done:
+def _backbone_to_fold(model):
+    """The backbone wrapper that offers ``reparameterize()`` (it folds its whole network)."""
+    bb = getattr(model, "backbone", None)
+    if bb is None or not callable(getattr(bb, "reparameterize", None)):
         raise ValueError(f"{type(model).__name__} has no re-parameterisable backbone (no reparameterize())")
+    return bb
 
 
 def reparameterize_checkpoint(
@@ -84,19 +79,18 @@ def reparameterize_checkpoint(
     cfg_options: dict | None = None,
     verify: bool = True,
     input_size: Sequence[int] = (2, 3, 128, 128),
-    atol: float = 1e-3,
+    rtol: float = 1e-4,
+    trust_pickle: bool = False,
 ) -> dict:
     """Convert ``checkpoint`` (trained with ``config``) to the deploy structure; returns a report dict."""
     from mmengine.config import Config
-
-    from .checkpoint import read_checkpoint
 
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if _backbone_cfg(cfg.model).get("deploy", False):
         raise ValueError("the config's backbone is already deploy=True; give the training config")
-    obj = read_checkpoint(checkpoint)
+    obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise ValueError(
             f"{checkpoint}: expected a checkpoint written by the mmengine Runner (with 'state_dict')"
@@ -108,10 +102,12 @@ def reparameterize_checkpoint(
             f"{checkpoint} does not fit the config's model: missing {result.missing_keys[:10]}, "
             f"unexpected {result.unexpected_keys[:10]}"
         )
-    model.eval()
     x = torch.randn(*input_size, generator=torch.Generator().manual_seed(0))
-    before = _features(model, x) if verify else None
-    reparameterize_model(model)
+    # verified in place: backbone + neck features before and after folding (swtasks.models.deploy)
+    folded = reparameterize_verified(
+        model, example=x, forward=lambda t: _features(model, t), fold=_backbone_to_fold(model).reparameterize,
+        rtol=rtol, check=verify,
+    )
     state = model.state_dict()
 
     deploy_cfg = Config(copy.deepcopy(cfg.to_dict()) if hasattr(cfg, "to_dict") else copy.deepcopy(dict(cfg)))
@@ -123,23 +119,13 @@ def reparameterize_checkpoint(
     if out_config is None:
         out_config = osp.splitext(out)[0] + ".py"
 
-    report = {"checkpoint": out, "config": out_config, "num_tensors": len(state)}
-    if verify:
-        fresh = build_model(deploy_cfg)
-        fresh.load_state_dict(state, strict=True)
-        fresh.eval()
-        after = _features(fresh, x)
-        err = max(float((a - b).abs().max()) for a, b in zip(before, after))
-        scale = max(float(b.abs().max()) for b in before)
-        report["max_abs_diff"] = err
-        if err > atol * max(1.0, scale):
-            raise RuntimeError(
-                f"deploy conversion changed the features: max |diff| {err:.3g} (feature scale {scale:.3g})"
-            )
+    report = {"checkpoint": out, "config": out_config, "num_tensors": len(state),
+              "relative_error": folded["relative_error"]}
+    # the written config must build a model that takes the state dict as it is
+    build_model(deploy_cfg).load_state_dict(state, strict=True)
     meta = dict(obj.get("meta") or {})
     meta.update(deploy=True, source_checkpoint=osp.abspath(checkpoint))
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    atomic_torch_save({"state_dict": state, "meta": meta}, out)
+    save_weights(out, state, meta)
     deploy_cfg.dump(out_config)
     return report
 
@@ -160,19 +146,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument(
         "--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="check input size"
     )
+    p.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of CHECKPOINT (trusted files)")
     args = p.parse_args(argv)
-    from .cli import trusted_checkpoint_loading
-
-    with trusted_checkpoint_loading():
-        report = reparameterize_checkpoint(
-            args.config,
-            args.checkpoint,
-            args.out,
-            out_config=args.out_config,
-            cfg_options=args.cfg_options,
-            verify=not args.no_verify,
-            input_size=(1, 3, *args.input_size),
-        )
-    diff = f", max |feature diff| {report['max_abs_diff']:.2e}" if "max_abs_diff" in report else ""
+    report = reparameterize_checkpoint(
+        args.config,
+        args.checkpoint,
+        args.out,
+        out_config=args.out_config,
+        cfg_options=args.cfg_options,
+        verify=not args.no_verify,
+        input_size=(1, 3, *args.input_size),
+        trust_pickle=args.trust_pickle,
+    )
+    diff = f", relative feature error {report['relative_error']:.2e}" if report["relative_error"] is not None else ""
     print(f"wrote {report['checkpoint']} and {report['config']}{diff}")
     return report

@@ -9,8 +9,15 @@ A model family registers one factory per variant name:
 The factory receives `num_classes`, `drop_path_rate`, `deploy`, `features_only`, `out_indices` and any user
 overrides as keyword arguments and must raise for unknown ones (see `check_overrides`). `create_model` then
 attaches the variant's data config as `model.pretrained_cfg` (and the timm alias `model.default_cfg`) and
-loads `checkpoint_path` when given. No weights are ever downloaded: `pretrained=True` means "load the
-checkpoint given by checkpoint_path".
+loads `checkpoint_path` when given (`swtasks.checkpoint.load_into`). No weights are ever downloaded:
+`pretrained=True` means "load the checkpoint given by checkpoint_path".
+
+A family registers what it knows about weights files once, as timm's per-family checkpoint filters do:
+
+    register_family("shiftwise", CheckpointAdapter(convert=..., optional=..., extra=..., hints=...))
+
+so `create_model(checkpoint_path=...)`, the converters and the MMDetection/MMSegmentation loader accept the
+same files (the published implementation's layout included) in the same way.
 """
 
 from __future__ import annotations
@@ -22,22 +29,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.nn as nn
+
+from swtasks.checkpoint import CheckpointAdapter, load_into
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
-    "CheckpointMismatchError",
     "ModelConfigError",
     "check_overrides",
+    "checkpoint_adapter",
     "create_model",
-    "extract_state_dict",
+    "family_of",
     "get_data_config",
     "is_model",
     "list_models",
-    "load_checkpoint",
-    "load_state_dict_file",
+    "register_family",
     "register_model",
 ]
 
@@ -53,18 +60,10 @@ DEFAULT_DATA_CONFIG: dict[str, Any] = {
     "num_classes": 1000,
 }
 
-# Keys wrapping a state dict inside a checkpoint, tried in this order, and prefixes stripped from its keys.
-STATE_DICT_KEYS = ("state_dict", "model", "model_ema")
-STRIP_PREFIXES = ("module.", "backbone.", "model.")
-
 
 class ModelConfigError(ValueError, TypeError):
     """A bad model name, override or option. Subclasses both ValueError and TypeError (an unknown keyword
     argument is a TypeError in Python, a bad value a ValueError) so either `except` catches it."""
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not fit the model: lists the missing, unexpected and mis-shaped keys."""
 
 
 @dataclass
@@ -76,6 +75,27 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_FAMILIES: dict[str, CheckpointAdapter] = {}
+
+
+def register_family(prefix: str, adapter: CheckpointAdapter) -> None:
+    """Register a family's checkpoint knowledge for every model named ``prefix_*`` (see
+    swtasks.checkpoint.CheckpointAdapter). Registering a prefix again replaces the adapter."""
+    if not prefix or prefix != prefix.lower() or "_" in prefix:
+        raise ModelConfigError(f"family prefixes are lower-case words without '_', got {prefix!r}")
+    _FAMILIES[prefix] = adapter
+
+
+def family_of(name: str) -> str:
+    """The family prefix of a registered model name (the longest registered prefix, else the first word)."""
+    fams = [f for f in _FAMILIES if name.startswith(f + "_")]
+    return max(fams, key=len) if fams else name.split("_", 1)[0]
+
+
+def checkpoint_adapter(name: str) -> CheckpointAdapter | None:
+    """The checkpoint adapter of the family of model ``name`` (None when the family registered none)."""
+    _ensure_builtin_models()
+    return _FAMILIES.get(family_of(name))
 
 
 def register_model(fn: Callable | None = None, *, name: str | None = None, pretrained_cfg: Mapping | None = None):
@@ -163,6 +183,7 @@ def create_model(
     checkpoint_path: str | os.PathLike | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] = (0, 1, 2, 3),
+    trust_pickle: bool = False,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model.
@@ -171,10 +192,12 @@ def create_model(
       `features_only` + `out_indices` (a backbone returning a list of NCHW maps) and any architecture
       `overrides` (e.g. `dims=(32, 64, 128, 256)`, `kernel_sizes=(13, 11, 9, 7)`) go to the variant's
       factory; unknown overrides raise ModelConfigError naming them.
-    - `checkpoint_path`: a file holding a state dict (plain, or under 'state_dict' / 'model' / 'model_ema';
-      'module.' / 'backbone.' / 'model.' prefixes stripped) that is loaded strictly; a mismatch raises
+    - `checkpoint_path`: any weights file of this toolkit (converted, exported, re-parameterised, a
+      Lightning checkpoint of tools/train_cls.py, a detector's) or the family's published layout, read
+      weights-only and loaded strictly by `swtasks.checkpoint.load_into`: a mismatch raises
       CheckpointMismatchError listing the missing, unexpected and mis-shaped keys. With features_only the
-      checkpoint's classifier ('norm.*', 'head.*') is ignored and the per-output norms may be absent.
+      checkpoint's classifier is ignored and the per-output norms may be absent. `trust_pickle=True`
+      allows a file that holds other Python objects (only for files you trust).
     - `pretrained=True` needs `checkpoint_path` (nothing can be downloaded).
     """
     entry = _entry(name)
@@ -195,124 +218,7 @@ def create_model(
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name for the same dict
     if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path, features_only=features_only)
+        load_into(model, checkpoint_path, trust_pickle=trust_pickle)
     return model
 
 
-# ------------------------------------------------------------------------------------------------------
-# checkpoints
-# ------------------------------------------------------------------------------------------------------
-
-
-def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The state dict inside a loaded checkpoint object, with wrapper prefixes stripped."""
-    sd = obj
-    if isinstance(obj, Mapping):
-        for key in STATE_DICT_KEYS:
-            if key in obj and isinstance(obj[key], Mapping):
-                sd = obj[key]
-                break
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        keys = list(obj.keys())[:10] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointMismatchError(
-            f"{source} holds no state dict (expected tensors, or one under {'/'.join(STATE_DICT_KEYS)}); "
-            f"found {keys}"
-        )
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in STRIP_PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p) :], True
-        out[k] = v
-    return out
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file (weights_only, on CPU) and return its state dict (see extract_state_dict)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return extract_state_dict(obj, source=path)
-
-
-def _fmt(keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def load_checkpoint(
-    model: nn.Module,
-    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
-    features_only: bool | None = None,
-) -> nn.Module:
-    """Load a checkpoint file or state dict strictly into `model`; raise CheckpointMismatchError listing
-    every missing, unexpected and mis-shaped key (with hints for the reference layout and for a
-    training/deploy structure mismatch). With features_only (default: the model's own flag) the
-    classifier keys 'norm.*' / 'head.*' of the checkpoint are dropped, as are output norms 'norm{i}.*' of
-    outputs the model does not return, and the model's output norms may be missing (they are new)."""
-    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
-    sd = load_state_dict_file(checkpoint) if source != "state dict" else extract_state_dict(checkpoint)
-    if features_only is None:
-        features_only = bool(getattr(model, "features_only", False))
-    own = model.state_dict()
-    if features_only:
-        # drop the classifier and the per-output norms of outputs this model does not have
-        sd = {
-            k: v
-            for k, v in sd.items()
-            if not (k.startswith(("norm.", "head.")) or (_is_out_norm(k) and k not in own))
-        }
-    missing = [k for k in own if k not in sd]
-    if features_only:
-        missing = [k for k in missing if not _is_out_norm(k)]
-    unexpected = [k for k in sd if k not in own]
-    misshaped = [
-        f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
-        for k in sd
-        if k in own and tuple(sd[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or misshaped:
-        lines = [f"checkpoint {source} does not fit {type(model).__name__}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
-        if misshaped:
-            lines.append(f"  mis-shaped keys ({len(misshaped)}): {_fmt(misshaped)}")
-        lines.extend(_hints(sd, own, misshaped))
-        raise CheckpointMismatchError("\n".join(lines))
-    model.load_state_dict(sd, strict=not features_only)
-    return model
-
-
-def _is_out_norm(key: str) -> bool:
-    head = key.split(".", 1)[0]
-    return head.startswith("norm") and head[4:].isdigit()
-
-
-def _hints(sd: Mapping, own: Mapping, misshaped: list[str]) -> list[str]:
-    hints = []
-    if any(".LoRAs." in k or ".LoRA." in k or ".bn_lora1." in k for k in sd):
-        hints.append(
-            "  hint: this is the reference implementation's layout; convert it first with "
-            "tools/convert_checkpoint.py --source shiftwise-official"
-        )
-    ck_deploy = any(k.endswith("large_kernel.weight_h") for k in sd)
-    md_deploy = any(k.endswith("large_kernel.weight_h") for k in own)
-    if ck_deploy and not md_deploy:
-        hints.append("  hint: the checkpoint is re-parameterised (deploy form): create the model with deploy=True")
-    if md_deploy and not ck_deploy and any(k.endswith("large_kernel.weight") for k in sd):
-        hints.append(
-            "  hint: the checkpoint has the training structure: create the model with deploy=False "
-            "(then call model.reparameterize())"
-        )
-    if any(m.startswith("head.") for m in misshaped):
-        hints.append(
-            "  hint: the classifier size differs: create the model with the checkpoint's num_classes, "
-            "then call model.reset_classifier(n)"
-        )
-    return hints

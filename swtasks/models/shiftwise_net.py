@@ -60,7 +60,8 @@ from swtasks.layers.common import (
     trunc_normal_,
 )
 
-from .registry import ModelConfigError, check_overrides, register_model
+from .registry import ModelConfigError, check_overrides, register_family, register_model
+from .shiftwise_official import SHIFTWISE_ADAPTER
 
 __all__ = [
     "SHIFTWISE_ARCHS",
@@ -537,6 +538,8 @@ def _build(variant: str, **kwargs: Any) -> ShiftWiseNet:
 
 
 _CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")
+# the published implementation's checkpoint layout is read by every loader (see shiftwise_official.py)
+register_family("shiftwise", SHIFTWISE_ADAPTER)
 
 
 @register_model(pretrained_cfg=_CFG)

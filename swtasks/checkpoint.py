@@ -1,0 +1,537 @@
+"""Weights files: reading, extracting, selecting, comparing, reporting, writing. One home for every floor.
+
+torch and the standard library only (safetensors when a ``.safetensors`` file is read or written), so the
+model registry, the converters, the Lightning tools and the MMDetection/MMSegmentation loader all call the
+same functions and accept the same files in the same way:
+
+- :func:`read_checkpoint` unpickles *weights only*: tensors, containers, numbers, strings and a short
+  allow-list of globals (:func:`allow_globals`; ``swtasks.mm`` adds the few types mmengine's own
+  checkpoints hold). A file that needs anything else is refused with a message naming the file and the
+  explicit opt-in (``trust_pickle=True``, ``--trust-pickle`` on the command line). A truncated or corrupt
+  file is reported as such, with its name.
+- :func:`extract_state_dict` finds the tensors inside the usual containers (``state_dict``, ``model``,
+  ``model_ema``, ``module``, ...); :func:`select_weights` strips wrapper prefixes (``module.``,
+  ``_orig_mod.``) and picks the keys that belong to a model (an explicit ``prefix`` such as ``backbone.``,
+  or the prefix under which the checkpoint fits the model best).
+- :func:`load_into` does all of it for a model, applies the model family's *checkpoint adapter* (a foreign
+  layout converted, keys a file may lack, hints for the error message; registered with the family, see
+  ``swtasks.models.registry.register_family``), compares, and either loads or raises
+  :class:`CheckpointMismatchError` listing the missing, unexpected and mis-shaped keys.
+- :func:`save_weights` writes the one file format of this toolkit, ``{"state_dict": ..., "meta": ...}``,
+  atomically (converters, exports and re-parameterisations all write it); a ``.safetensors`` path gets the
+  same content as safetensors (the tensors, and ``meta`` as JSON in the string metadata).
+
+The one non-obvious decision: prefix selection is a *hint* plus detection, not an exact filter, because
+the same backbone weights travel under ``backbone.`` (exports, detectors), ``model.`` or no prefix (plain
+state dicts), ``ema.module.`` (EMA weights in a Lightning checkpoint) and behind ``module.`` (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pickle
+import re
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CheckpointAdapter",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "LoadReport",
+    "allow_globals",
+    "atomic_torch_save",
+    "compare_state_dicts",
+    "extract_state_dict",
+    "format_mismatch",
+    "load_into",
+    "load_state_dict",
+    "read_checkpoint",
+    "save_weights",
+    "select_weights",
+]
+
+# Containers that hold a state dict, tried in this order.
+CONTAINER_KEYS = ("state_dict", "model", "model_ema", "module", "model_state", "model_state_dict", "net")
+# Prefixes that wrap a whole model (DDP, torch.compile); stripped when every key carries them.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Classifier keys a features-only model does not have (ignored when the model has no such module).
+CLASSIFIER_ROOTS = ("head", "norm", "fc", "classifier", "head_drop")
+_OUT_NORM = re.compile(r"^norm\d+\.")
+
+
+class CheckpointError(RuntimeError):
+    """A file that cannot be read as weights: missing, truncated, corrupt, or holding Python objects
+    beyond the allow-list. The message names the file."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the model: lists the missing, unexpected and mis-shaped keys."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------------
+
+def allow_globals(*objects: Any) -> None:
+    """Add classes/functions (or ``(function, "qualified.name")`` pairs) that weights-only reading may
+    reconstruct, for every later ``torch.load(weights_only=True)`` of the process (torch's own allow-list).
+    Use for plain data types a trusted framework writes into its own checkpoints, never for arbitrary code."""
+    torch.serialization.add_safe_globals(list(objects))
+
+
+# argparse.Namespace: the published shift-wise (and ConvNeXt-style) checkpoints pickle their `args`.
+allow_globals(argparse.Namespace)
+
+
+def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, map_location: Any = "cpu") -> Any:
+    """Load a weights file on ``map_location`` (default CPU), weights-only unless ``trust_pickle``.
+
+    ``.safetensors`` files come back as ``{"state_dict": tensors, "meta": dict}``. Raises
+    FileNotFoundError for a missing file and CheckpointError for a truncated/corrupt file or one that
+    holds objects outside the allow-list (the message names the file and ``trust_pickle=True`` /
+    ``--trust-pickle``).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path, map_location)
+    try:
+        if trust_pickle:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, AttributeError, TypeError,
+            ValueError, ImportError, KeyError, IndexError, UnicodeDecodeError) as err:
+        if not trust_pickle and "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"{path}: holds Python objects that a weights-only load refuses ({_refused_global(err)}). "
+                "Loading it would run code from the file. If you trust it, pass trust_pickle=True "
+                "(command line: --trust-pickle)."
+            ) from err
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated, corrupt or not a PyTorch file?): {_reason(err)}"
+        ) from err
+
+
+def _reason(err: BaseException) -> str:
+    m = re.search(r"WeightsUnpickler error:\s*([^\n]+(?:\n\n[^\n]+)?)", str(err))
+    return " ".join(m.group(1).split()) if m else f"{type(err).__name__}: {_first_line(err)}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _refused_global(err: BaseException) -> str:
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err)) or re.search(r"GLOBAL ([\w.]+)", str(err))
+    if m:
+        return f"global {m.group(1)}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]+)", str(err))
+    return m.group(1).strip() if m else _first_line(err)
+
+
+def _read_safetensors(path: str, map_location: Any) -> dict:
+    try:
+        from safetensors import safe_open
+    except ImportError as e:  # an optional dependency
+        raise CheckpointError(f"{path}: reading .safetensors files needs the safetensors package") from e
+    device = "cpu" if map_location in (None, "cpu") else str(map_location)
+    try:
+        with safe_open(path, framework="pt", device=device) as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path}: not a readable safetensors file: {_first_line(err)}") from err
+    meta = metadata.get("meta")
+    return {"state_dict": sd, "meta": json.loads(meta) if meta else {}}
+
+
+# ------------------------------------------------------------------------------------------------------
+# extracting and selecting
+# ------------------------------------------------------------------------------------------------------
+
+
+def _tensor_mapping(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint: a plain state dict, or one under ``state_dict`` / ``model`` /
+    ``model_ema`` / ``module`` / ... (Lightning, mmengine, ConvNeXt-style, this toolkit's files). Keys are
+    returned unchanged (see :func:`select_weights` for prefixes)."""
+    if isinstance(obj, nn.Module):
+        return dict(obj.state_dict())
+    if _tensor_mapping(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in CONTAINER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                tensors = {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+                if tensors and len(tensors) >= len(inner) / 2:
+                    return tensors
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors
+        top = ", ".join(repr(k) for k in list(obj)[:8])
+        raise CheckpointMismatchError(
+            f"{source}: no state dict found (looked for a mapping of tensors at the top level and under "
+            f"{', '.join(repr(k) for k in CONTAINER_KEYS)}); top-level keys: {top}"
+        )
+    raise CheckpointMismatchError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+
+
+def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`read_checkpoint` + :func:`extract_state_dict` (keys unchanged)."""
+    return extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), source=os.fspath(path))
+
+
+def read_meta(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict:
+    """The ``meta`` dict of a file written by :func:`save_weights` ({} for other files)."""
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def _strip_wrappers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    changed = True
+    while changed and sd:
+        changed = False
+        for w in WRAPPER_PREFIXES:
+            if all(k.startswith(w) for k in sd):
+                sd = {k[len(w) :]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def _under(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def detect_prefix(sd: Mapping[str, torch.Tensor], model_keys: Iterable[str]) -> tuple[str, int]:
+    """The prefix p maximising the number of model keys k with p + k in ``sd`` (ties: the shortest);
+    when no key matches exactly, the prefix under which most keys share a model key's first component."""
+    model_keys = set(model_keys)
+    roots = {k.split(".", 1)[0] for k in model_keys}
+    exact: Counter[str] = Counter()
+    rooted: Counter[str] = Counter()
+    for key in sd:
+        cut = 0
+        while True:
+            rest = key[cut:]
+            if rest in model_keys:
+                exact[key[:cut]] += 1
+            if rest.split(".", 1)[0] in roots and "." in rest:
+                rooted[key[:cut]] += 1
+            nxt = key.find(".", cut)
+            if nxt < 0:
+                break
+            cut = nxt + 1
+    counts = exact or rooted
+    if not counts:
+        return "", 0
+    return max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))
+
+
+def select_weights(
+    sd: Mapping[str, torch.Tensor],
+    model_keys: Iterable[str],
+    prefix: str | None = None,
+    source: str = "checkpoint",
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The keys of ``sd`` that belong to a model with ``model_keys``, prefix removed; returns (weights, how).
+
+    Wrapper prefixes on every key (``module.``, ``_orig_mod.``) are stripped first. ``prefix`` given: the
+    keys under it, also behind an outer wrapper (``model.backbone.`` for ``backbone.``); otherwise, or when
+    the detected prefix fits clearly more keys, the detected one. Raises CheckpointMismatchError naming the
+    prefix and example keys when nothing fits.
+    """
+    model_keys = set(model_keys)
+    sd = _strip_wrappers(dict(sd))
+
+    def score(d):
+        return sum(k in model_keys for k in d)
+
+    candidates: list[tuple[dict, str]] = []
+    if prefix:
+        under = _under(sd, prefix)
+        if under:
+            candidates.append((under, f"keys under prefix {prefix!r}"))
+        else:
+            lead = Counter(
+                k[: k.find(prefix)] for k in sd if k.find(prefix) > 0 and k[k.find(prefix) - 1] == "."
+            )
+            if lead:
+                outer = lead.most_common(1)[0][0]
+                candidates.append((_under(sd, outer + prefix), f"keys under prefix {outer + prefix!r}"))
+    auto, hits = detect_prefix(sd, model_keys)
+    if hits:
+        candidates.append((_under(sd, auto) if auto else dict(sd), f"keys under detected prefix {auto!r}"))
+    if not candidates:
+        sample = ", ".join(repr(k) for k in list(sd)[:6])
+        want = ", ".join(repr(k) for k in sorted(model_keys)[:3])
+        hint = f" under prefix {prefix!r}" if prefix else ""
+        raise CheckpointMismatchError(
+            f"{source}: no key fits the model{hint}: checkpoint keys look like {sample} "
+            f"(the model expects keys like {want})"
+        )
+    best = max(candidates, key=lambda c: score(c[0]))
+    if prefix and candidates[0][1].startswith("keys under prefix") and score(candidates[0][0]) >= score(best[0]):
+        best = candidates[0]
+    return best
+
+
+# ------------------------------------------------------------------------------------------------------
+# comparing and loading
+# ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckpointAdapter:
+    """What a model family knows about weights files (registered with the family; see
+    ``swtasks.models.registry.register_family``).
+
+    detect(state_dict) -> bool: whether a state dict is in the family's published (foreign) layout.
+    convert(state_dict, model) -> state_dict: that layout turned into this toolkit's for ``model``; keys it
+        does not know pass through, so the comparison reports them.
+    optional(key) -> bool: model keys a file may lack (e.g. buffers the layer regenerates).
+    extra(key) -> bool: file keys the model may lack but that load anyway (e.g. sparsity masks).
+    hints(state_dict, model_state, mismatched) -> list[str]: extra lines for a mismatch message.
+    source: the name of the published layout for ``tools/convert_checkpoint.py --source``.
+    """
+
+    detect: Callable[[Mapping], bool] | None = None
+    convert: Callable[[dict, nn.Module], dict] | None = None
+    optional: Callable[[str], bool] | None = None
+    extra: Callable[[str], bool] | None = None
+    hints: Callable[[Mapping, Mapping, list], list[str]] | None = None
+    source: str | None = None
+
+
+@dataclass
+class LoadReport:
+    source: str
+    selected: str
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    converted: bool = False
+
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def compare_state_dicts(
+    model_sd: Mapping[str, torch.Tensor],
+    ckpt_sd: Mapping[str, torch.Tensor],
+    *,
+    optional: Callable[[str], bool] | None = None,
+    extra: Callable[[str], bool] | None = None,
+) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """(missing, unexpected, mis-shaped) keys of ``ckpt_sd`` against ``model_sd``. ``num_batches_tracked``
+    and keys accepted by ``optional`` may be missing; keys accepted by ``extra`` may be unexpected."""
+    missing = [
+        k
+        for k in model_sd
+        if k not in ckpt_sd and not k.endswith("num_batches_tracked") and not (optional and optional(k))
+    ]
+    unexpected = [k for k in ckpt_sd if k not in model_sd and not (extra and extra(k))]
+    mismatched = [
+        (k, tuple(ckpt_sd[k].shape), tuple(model_sd[k].shape))
+        for k in model_sd
+        if k in ckpt_sd and tuple(ckpt_sd[k].shape) != tuple(model_sd[k].shape)
+    ]
+    return missing, unexpected, mismatched
+
+
+def _fmt(keys: list[str], limit: int) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def format_mismatch(source: str, target: str, missing, unexpected, mismatched, limit: int = 20) -> str:
+    lines = [f"{source} does not fit {target}:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {_fmt(list(missing), limit)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(list(unexpected), limit)}")
+    if mismatched:
+        rows = [f"{k} (checkpoint {s}, model {m})" for k, s, m in mismatched]
+        lines.append(f"  mis-shaped keys ({len(rows)}): {_fmt(rows, limit)}")
+    return "\n".join(lines)
+
+
+def _adapter_of(model: nn.Module) -> CheckpointAdapter | None:
+    cfg = getattr(model, "pretrained_cfg", None)
+    name = cfg.get("architecture") if isinstance(cfg, Mapping) else None
+    if not name:
+        return None
+    from swtasks.models.registry import checkpoint_adapter  # the registry sits one floor up, imported lazily
+
+    return checkpoint_adapter(name)
+
+
+def load_into(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    *,
+    prefix: str | None = None,
+    strict: bool = True,
+    exclude: Iterable[str] = (),
+    adapter: CheckpointAdapter | None = None,
+    trust_pickle: bool = False,
+    source: str | None = None,
+) -> LoadReport:
+    """Load a weights file (or a loaded checkpoint / state dict) into ``model``; return a LoadReport.
+
+    Steps: read (weights-only unless ``trust_pickle``), extract, select the model's keys (``prefix`` as a
+    hint, see :func:`select_weights`), convert a foreign layout with the family's adapter (by default the
+    one registered for ``model.pretrained_cfg['architecture']``), compare, load. Not counted as
+    mismatches: classifier keys (``head.*``, ``norm.*``, ``fc.*``, ...) of a file when the model has no such
+    module (features-only backbones), missing per-output norms ``norm<i>.*`` of a features-only model (new
+    layers), keys starting with an ``exclude`` prefix (dropped from the file and allowed to be missing).
+    With ``strict`` any other difference raises CheckpointMismatchError listing every missing, unexpected
+    and mis-shaped key; otherwise the fitting tensors load and the report lists the rest.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        source = source or os.fspath(checkpoint)
+        obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    else:
+        source = source or "state dict"
+        obj = checkpoint
+    sd = extract_state_dict(obj, source=source)
+    own = model.state_dict()
+    weights, how = select_weights(sd, own.keys(), prefix=prefix, source=source)
+    adapter = adapter if adapter is not None else _adapter_of(model)
+    converted = bool(adapter and adapter.detect and adapter.convert and adapter.detect(weights))
+    if converted:
+        weights = adapter.convert(weights, model)
+    exclude = tuple(exclude)
+    own_roots = {k.split(".", 1)[0] for k in own}
+    features_only = bool(getattr(model, "features_only", False))
+    ignored = sorted(
+        {k.split(".", 1)[0] + ".*" for k in weights if k.split(".", 1)[0] in CLASSIFIER_ROOTS
+         and k.split(".", 1)[0] not in own_roots}
+    )
+    weights = {
+        k: v
+        for k, v in weights.items()
+        if not k.startswith(exclude) and k.split(".", 1)[0] + ".*" not in ignored
+        and not (features_only and _OUT_NORM.match(k) and k not in own)
+    }
+
+    def optional(k: str) -> bool:
+        return (
+            k.startswith(exclude)
+            or (features_only and bool(_OUT_NORM.match(k)))
+            or bool(adapter and adapter.optional and adapter.optional(k))
+        )
+
+    extra = adapter.extra if adapter is not None else None
+    missing, unexpected, mismatched = compare_state_dicts(own, weights, optional=optional, extra=extra)
+    new_layers = sorted({k.split(".", 1)[0] for k in own if k not in weights and optional(k)})
+    report = LoadReport(
+        source=source, selected=how, loaded=0, missing=missing, unexpected=unexpected,
+        mismatched=mismatched, ignored=ignored, new=new_layers, converted=converted,
+    )
+    if not report.fits and strict:
+        msg = format_mismatch(f"checkpoint {source} ({how})", type(model).__name__, missing, unexpected, mismatched)
+        extra_lines = adapter.hints(weights, own, mismatched) if adapter and adapter.hints else []
+        if any(k.startswith(("head.", "fc.", "classifier.")) for k, _, _ in mismatched):
+            extra_lines.append(
+                "  hint: the classifier size differs: create the model with the checkpoint's num_classes "
+                "(then call model.reset_classifier(n)), or exclude the classifier"
+            )
+        raise CheckpointMismatchError("\n".join([msg, *extra_lines]))
+    bad = {k for k, _, _ in mismatched}
+    to_load = {k: v for k, v in weights.items() if k not in bad and (k in own or (extra and extra(k)))}
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = len(to_load)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------------------
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a hidden temporary file in the target directory, flush + fsync, then ``os.replace``
+    onto ``path``. On any error the temporary file is removed and ``path`` keeps its previous content (or
+    stays absent). A process killed outright leaves only its hidden ``.<name>.*.tmp`` file, never a
+    truncated ``path``; the next successful save of the same ``path`` deletes such leftovers."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    started = time.time()
+    # the temporary name does not end in .ckpt/.pth, so "last"/"best" scans never pick it up
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # persist the rename itself
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    pattern = os.path.join(glob.escape(directory), f".{glob.escape(os.path.basename(path))}.*.tmp")
+    for stale in glob.glob(pattern):  # temporaries of saves that were killed before this one began
+        try:
+            if os.path.getmtime(stale) < started:
+                os.unlink(stale)
+        except OSError:
+            pass
+
+
+def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
+    """Write ``{"state_dict": ..., "meta": ...}`` atomically: the toolkit's one weights format. A path ending
+    in ``.safetensors`` is written as safetensors (tensors only, ``meta`` as JSON string metadata; tensors
+    that share memory are copied)."""
+    sd = {k: v.detach() for k, v in state_dict.items()}
+    meta = dict(meta or {})
+    if os.fspath(path).endswith(".safetensors"):
+        try:
+            from safetensors.torch import save as st_save
+        except ImportError as e:
+            raise CheckpointError(f"{path}: writing .safetensors files needs the safetensors package") from e
+        blob = st_save({k: v.contiguous().clone() for k, v in sd.items()}, metadata={"meta": json.dumps(meta, default=str)})
+        _atomic_write(path, lambda f: f.write(blob))
+        return
+    atomic_torch_save({"state_dict": sd, "meta": meta}, path)
