@@ -40,13 +40,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.checkpoint import checkpoint
 
 from swtasks.layers import ShiftWiseConv2d
 from swtasks.layers.common import (
@@ -60,12 +57,12 @@ from swtasks.layers.common import (
     trunc_normal_,
 )
 
+from .common import FeatureInfo, as_stage_tuple, check_image_input, checkpoint_block
 from .registry import ModelConfigError, check_overrides, register_family, register_model
 from .shiftwise_official import SHIFTWISE_ADAPTER
 
 __all__ = [
     "SHIFTWISE_ARCHS",
-    "FeatureInfo",
     "GhostChannelAffine",
     "ShiftWiseBlock",
     "ShiftWiseNet",
@@ -91,31 +88,6 @@ class GhostChannelAffine(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}"
-
-
-class _KeepRunningStats:
-    """Recompute context for activation checkpointing: BatchNorms in training mode would update their
-    running statistics a second time while the forward is recomputed; save them on entry and put them back
-    on exit, so a checkpointed step leaves exactly the state an ordinary one does."""
-
-    def __init__(self, bns: list[_BatchNorm]):
-        self.bns = bns
-        self.saved: list[tuple] = []
-
-    def __enter__(self):
-        self.saved = [
-            (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in self.bns
-        ]
-        return self
-
-    def __exit__(self, *exc):
-        with torch.no_grad():
-            for bn, (m, v, n) in zip(self.bns, self.saved):
-                bn.running_mean.copy_(m)
-                bn.running_var.copy_(v)
-                bn.num_batches_tracked.copy_(n)
-        self.saved = []
-        return False
 
 
 class ShiftWiseBlock(nn.Module):
@@ -218,31 +190,6 @@ class ShiftWiseBlock(nn.Module):
         self.deploy = True
 
 
-class FeatureInfo(list):
-    """`feature_info`: a list of dicts (num_chs, reduction, module), with timm-style accessors."""
-
-    def channels(self) -> list[int]:
-        return [f["num_chs"] for f in self]
-
-    def reduction(self) -> list[int]:
-        return [f["reduction"] for f in self]
-
-    def module_name(self) -> list[str]:
-        return [f["module"] for f in self]
-
-
-def _as_tuple(name: str, value: Any, n: int = 4) -> tuple:
-    if isinstance(value, (int, float)) and name != "depths":
-        value = (value,) * n
-    try:
-        value = tuple(value)
-    except TypeError:
-        raise ModelConfigError(f"{name} must be a sequence of {n} values, got {value!r}") from None
-    if len(value) != n:
-        raise ModelConfigError(f"{name} must have {n} entries (one per stage), got {value!r}")
-    return value
-
-
 class ShiftWiseNet(nn.Module):
     """ShiftWiseNet classifier / backbone. Every argument is a create_model override.
 
@@ -285,9 +232,9 @@ class ShiftWiseNet(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        depths = tuple(int(d) for d in _as_tuple("depths", depths))
-        dims = tuple(int(d) for d in _as_tuple("dims", dims))
-        kernel_sizes = tuple(int(k) for k in _as_tuple("kernel_sizes", kernel_sizes))
+        depths = tuple(int(d) for d in as_stage_tuple("depths", depths))
+        dims = tuple(int(d) for d in as_stage_tuple("dims", dims))
+        kernel_sizes = tuple(int(k) for k in as_stage_tuple("kernel_sizes", kernel_sizes))
         if any(d < 0 for d in depths):
             raise ModelConfigError(f"depths must be >= 0, got {depths}")
         if any(d < 4 for d in dims):
@@ -380,24 +327,12 @@ class ShiftWiseNet(nn.Module):
 
     # -------------------------------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected an image batch of shape (B, {self.in_chans}, H, W), got {shape}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected {self.in_chans} image channels, got input of shape {tuple(x.shape)} "
-                f"(create the model with in_chans={x.shape[1]} for such images)"
-            )
-        if x.shape[2] < self.total_stride or x.shape[3] < self.total_stride:
-            raise ValueError(
-                f"input of shape {tuple(x.shape)} is smaller than the network's total stride "
-                f"{self.total_stride}: H and W must be >= {self.total_stride}"
-            )
+        check_image_input(x, self.in_chans, self.total_stride)
 
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             for block in self.stages[i]:
-                x = _checkpoint_block(block, x)
+                x = checkpoint_block(block, x)
             return x
         return self.stages[i](x)
 
@@ -493,13 +428,6 @@ class ShiftWiseNet(nn.Module):
             f"depths={self.depths}, dims={self.dims}, kernel_sizes={self.kernel_sizes}, deploy={self.deploy}, "
             f"features_only={self.features_only}"
         )
-
-
-def _checkpoint_block(block: ShiftWiseBlock, x: torch.Tensor) -> torch.Tensor:
-    bns = [m for m in block.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    if not bns:
-        return checkpoint(block, x, use_reentrant=False)
-    return checkpoint(block, x, use_reentrant=False, context_fn=lambda: (nullcontext(), _KeepRunningStats(bns)))
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Pieces every backbone family shares (plain PyTorch): the `feature_info` list, per-stage settings,
+input checks and activation checkpointing that keeps BatchNorm statistics exact."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+from .registry import ModelConfigError
+
+__all__ = ["FeatureInfo", "as_stage_tuple", "check_image_input", "checkpoint_block"]
+
+
+class FeatureInfo(list):
+    """`feature_info`: a list of dicts (num_chs, reduction, module), with timm-style accessors."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
+
+    def module_name(self) -> list[str]:
+        return [f["module"] for f in self]
+
+
+def as_stage_tuple(name: str, value: Any, n: int = 4) -> tuple:
+    if isinstance(value, (int, float)) and name != "depths":
+        value = (value,) * n
+    try:
+        value = tuple(value)
+    except TypeError:
+        raise ModelConfigError(f"{name} must be a sequence of {n} values, got {value!r}") from None
+    if len(value) != n:
+        raise ModelConfigError(f"{name} must have {n} entries (one per stage), got {value!r}")
+    return value
+
+
+class _KeepRunningStats:
+    """Recompute context for activation checkpointing: BatchNorms in training mode would update their
+    running statistics a second time while the forward is recomputed; save them on entry and put them back
+    on exit, so a checkpointed step leaves exactly the state an ordinary one does."""
+
+    def __init__(self, bns: list[_BatchNorm]):
+        self.bns = bns
+        self.saved: list[tuple] = []
+
+    def __enter__(self):
+        self.saved = [
+            (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in self.bns
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for bn, (m, v, n) in zip(self.bns, self.saved):
+                bn.running_mean.copy_(m)
+                bn.running_var.copy_(v)
+                bn.num_batches_tracked.copy_(n)
+        self.saved = []
+        return False
+
+
+def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`torch.utils.checkpoint` of one block (use_reentrant=False); BatchNorm running statistics are updated
+    once, as in a plain forward (the recomputation restores them)."""
+    bns = [m for m in block.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    if not bns:
+        return checkpoint(block, x, use_reentrant=False)
+    return checkpoint(block, x, use_reentrant=False, context_fn=lambda: (nullcontext(), _KeepRunningStats(bns)))
+
+
+
+
+def check_image_input(x: torch.Tensor, in_chans: int, total_stride: int) -> None:
+    """ValueError naming the shape unless x is (B, in_chans, H, W) with H, W >= total_stride."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected an image batch of shape (B, {in_chans}, H, W), got {shape}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected {in_chans} image channels, got input of shape {tuple(x.shape)} "
+            f"(create the model with in_chans={x.shape[1]} for such images)"
+        )
+    if x.shape[2] < total_stride or x.shape[3] < total_stride:
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} is smaller than the network's total stride "
+            f"{total_stride}: H and W must be >= {total_stride}"
+        )
