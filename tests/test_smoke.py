@@ -58,3 +58,30 @@ def test_package_version_and_cheap_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"import swtasks imported {out.stdout.strip()}"
+
+
+def test_core_works_without_the_optional_frameworks(tmp_path):
+    """The core install (torch, torchvision, numpy, triton) is enough for the registry, the operator,
+    checkpoints and verified re-parameterisation: run them in a process where lightning, torchmetrics
+    and every mm* package cannot be imported at all."""
+    code = f"""
+import importlib.abc, sys
+BLOCKED = ("lightning", "pytorch_lightning", "torchmetrics", "mmengine", "mmcv", "mmdet", "mmseg", "pycocotools")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is not installed (blocked by the test)")
+        return None
+sys.meta_path.insert(0, Block())
+import torch, swtasks
+from swtasks.checkpoint import save_weights
+from swtasks.models.deploy import reparameterize_verified
+m = swtasks.create_model("shiftwise_atto", num_classes=3, depths=(1, 1, 1, 1))
+y = m(torch.randn(1, 3, 64, 64))
+save_weights({str(tmp_path / "w.pth")!r}, m.state_dict(), {{"num_classes": 3}})
+m2 = swtasks.create_model("shiftwise_atto", num_classes=3, depths=(1, 1, 1, 1), checkpoint_path={str(tmp_path / "w.pth")!r})
+print(tuple(y.shape), reparameterize_verified(m2.eval())["relative_error"] < 1e-4)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["(1,", "3)", "True"], out.stdout

@@ -196,15 +196,8 @@ class RegistryBackbone(BaseModule):
         for table in _SHARED_TABLES:
             if hasattr(net, table):
                 object.__setattr__(self, table, getattr(net, table))
-        info = getattr(net, "feature_info", None)
-        chans = []
-        if info is not None:
-            try:
-                chans = [int(f["num_chs"]) for f in info]
-            except (TypeError, KeyError):
-                chans = list(info.channels()) if hasattr(info, "channels") else []
-        if len(chans) > len(self.out_indices):
-            chans = [chans[i] for i in self.out_indices]
+        # the registry protocol: a features_only network lists exactly its returned maps in feature_info
+        chans = [int(f["num_chs"]) for f in net.feature_info]
         self.out_channels = chans
 
     # ------------------------------------------------------------------ nn.Module behaviour
