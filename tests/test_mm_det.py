@@ -103,7 +103,7 @@ def test_coco_metric_reaches_1_on_ground_truth_and_falls_on_shifted_boxes(tmp_pa
 
     from swtasks.mm.testing import make_tiny_coco, pipeline_samples
 
-    data = make_tiny_coco(str(tmp_path / "coco"), num_val=3, size=96)  # 96 px images, resized to 64 by the pipeline
+    data = make_tiny_coco(str(tmp_path / "coco"), num_val=3, size=96)  # 96 px, resized to 64 by the pipeline
     cfg, dataset, samples = pipeline_samples(CONFIG, data)
     assert all(tuple(s.ori_shape) == (96, 96) and tuple(s.img_shape) == (64, 64) for s in samples)
 

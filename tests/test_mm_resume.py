@@ -61,7 +61,9 @@ def test_killed_run_resumes_to_the_same_weights_bitwise(uninterrupted, tmp_path)
     from swtasks.mm.cli import main
 
     work = tmp_path / "b"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="2")
+    env = dict(
+        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="2"
+    )
     proc = subprocess.Popen(
         [sys.executable, osp.join(ROOT, "tools", "train_det.py"), *train_args(work, uninterrupted["data"])],
         cwd=ROOT,
@@ -73,7 +75,9 @@ def test_killed_run_resumes_to_the_same_weights_bitwise(uninterrupted, tmp_path)
     marker = work / "last_checkpoint"
     deadline = time.monotonic() + 300
     while True:  # SIGKILL as soon as the checkpoint of iteration 3 (or a later one) is recorded
-        if marker.exists() and marker.read_text().strip().endswith(("iter_3.pth", "iter_4.pth", "iter_5.pth")):
+        if marker.exists() and marker.read_text().strip().endswith(
+            ("iter_3.pth", "iter_4.pth", "iter_5.pth")
+        ):
             proc.send_signal(signal.SIGKILL)
             break
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -120,12 +124,12 @@ def test_damaged_checkpoints_are_named_at_load(uninterrupted, tmp_path):
 
     truncated, corrupt, empty = _corrupt_copies(uninterrupted["final"], tmp_path)
     data = uninterrupted["data"]
+    test_argv = [CONFIG, str(corrupt), "--work-dir", str(tmp_path / "w2"), "--data-root", data]
     cases = [
-        (["train", train_args(tmp_path / "w1", data, "--resume", str(truncated))], truncated, "truncated or corrupt"),
-        (["test", [CONFIG, str(corrupt), "--work-dir", str(tmp_path / "w2"), "--data-root", data]], corrupt,
-         "fails the CRC-32 check"),
+        (["train", train_args(tmp_path / "w1", data, "--resume", str(truncated))], truncated, "truncated"),
+        (["test", test_argv], corrupt, "fails the CRC-32 check"),
         (["train", train_args(tmp_path / "w3", data) + [f"load_from={empty}"]], empty, "empty file"),
-    ]  # fmt: skip
+    ]
     for (mode, argv), path, what in cases:
         with pytest.raises(SystemExit) as info:
             main("det", mode, argv)

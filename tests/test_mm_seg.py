@@ -94,7 +94,7 @@ def test_iou_metric_reaches_100_on_the_label_maps_and_falls_on_shifted_ones(tmp_
 
     from swtasks.mm.testing import make_tiny_ade20k, pipeline_samples
 
-    data = make_tiny_ade20k(str(tmp_path / "ade"), num_val=3, size=96)  # 96 px images, resized to 64 by the pipeline
+    data = make_tiny_ade20k(str(tmp_path / "ade"), num_val=3, size=96)  # 96 px, resized to 64 by the pipeline
     cfg, dataset, samples = pipeline_samples(CONFIG, data)
     assert all(tuple(s.gt_sem_seg.shape) == (96, 96) and tuple(s.img_shape) == (64, 64) for s in samples)
 

@@ -89,7 +89,12 @@ def slurm_env(tmp_path, **extra) -> dict[str, str]:
 
 def start(env, args=()) -> subprocess.Popen:
     return subprocess.Popen(
-        ["bash", SCRIPT, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["bash", SCRIPT, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

@@ -15,8 +15,9 @@ things, for local paths only (other backends keep mmengine's behaviour):
   ``swtasks.io.atomic_torch_save``: a hidden temporary file in the same directory, fsync, ``os.replace``.
   A kill at any moment leaves either the previous state or the complete new file.
 - mmengine's local checkpoint loader (``--resume``, ``load_from``, the test tools, mmengine's own
-  ``Pretrained`` initialiser) first runs :func:`verify_checkpoint_file`, which raises :class:`CheckpointFileError` naming the
-  file for an empty, truncated, non-PyTorch or CRC-corrupt file; the tools print it as one line.
+  ``Pretrained`` initialiser) first runs :func:`verify_checkpoint_file`, which raises
+  :class:`CheckpointFileError` naming the file for an empty, truncated, non-PyTorch or CRC-corrupt file;
+  the tools print it as one line.
 """
 
 from __future__ import annotations

@@ -187,8 +187,9 @@ class KernelSparsity:
 
     `update_interval` counts optimiser steps (calls of `step`), `align_interval` counts prune/regrow
     updates (the reference's `sparse_gap`). `update_interval=None` disables prune/regrow and with it the
-    alignment (a fixed pattern); `align_interval=None` disables the alignment alone. Layers that already carry a `kernel_mask` (a model checkpoint was loaded) are adopted as
-    they are; `load_state_dict` also restores the step counter and the generator.
+    alignment (a fixed pattern); `align_interval=None` disables the alignment alone. Layers that already
+    carry a `kernel_mask` (a model checkpoint was loaded) are adopted as they are; `load_state_dict` also
+    restores the step counter and the generator.
     """
 
     def __init__(
