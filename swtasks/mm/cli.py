@@ -68,6 +68,12 @@ def _parser(task: str, mode: str) -> argparse.ArgumentParser:
         "train_dataloader.batch_size=4)",
     )
     p.add_argument(
+        "--skip-data-check",
+        action="store_true",
+        help="do not check the dataset files before building the Runner (swtasks.mm.data_check; see "
+        "docs/reliability.md)",
+    )
+    p.add_argument(
         "--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher"
     )
     # torch.distributed.launch passes --local-rank (torchrun sets LOCAL_RANK instead)
@@ -262,15 +268,35 @@ def main(task: str, mode: str, argv: Sequence[str] | None = None):
     import swtasks.mm  # noqa: F401  (registers the backbones even for configs without custom_imports)
 
     from .checkpoint_io import CheckpointFileError, install
+    from .data_check import DataCheckError
 
     install()  # atomic checkpoint writes, checked reads
     try:
         cfg = load_config(args, task, mode)
+        if not args.skip_data_check:
+            check_data(cfg, mode)
         with trusted_checkpoint_loading():
             runner = _build_runner(cfg)
             if mode == "train":
                 runner.train()
                 return runner
             return runner.test()
-    except CheckpointFileError as e:
+    except (CheckpointFileError, DataCheckError) as e:
         raise SystemExit(f"tools/{mode}_{task}.py: error: {e}") from None
+
+
+def check_data(cfg, mode: str):
+    """The pre-flight data check (swtasks.mm.data_check) of the splits a train or test run reads, on the
+    first process only (the others would read the same files)."""
+    import logging
+
+    from mmengine.logging import print_log
+
+    from .data_check import check_config_data
+
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+        return []
+    splits = ("train", "val") if mode == "train" else ("test",)
+    return check_config_data(
+        cfg, splits, log=lambda msg: print_log(msg, logger="current", level=logging.WARNING)
+    )
