@@ -32,6 +32,7 @@ import argparse
 import glob
 import json
 import os
+import os.path as osp
 import pickle
 import re
 import tempfile
@@ -59,6 +60,7 @@ __all__ = [
     "load_state_dict",
     "read_checkpoint",
     "save_weights",
+    "verify_checkpoint_file",
     "select_weights",
 ]
 
@@ -95,6 +97,46 @@ def allow_globals(*objects: Any) -> None:
 allow_globals(argparse.Namespace)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"  # torch's legacy (non-zip) format starts with a pickle protocol opcode
+
+
+def verify_checkpoint_file(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless it is a complete PyTorch checkpoint.
+
+    The zip format (every ``torch.save`` since 1.6) is checked completely: the central directory (absent
+    from a truncated file) and the CRC-32 of every member (``torch.load`` skips it), at the cost of one
+    read of the file. A legacy-format file is only checked for its first byte.
+    """
+    path = os.fspath(path)
+    hint = "it was probably written by a process that was killed, or damaged in a copy"
+    try:
+        size = osp.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
+    if size == 0:
+        raise CheckpointError(f"{path}: the checkpoint is an empty file (0 bytes); {hint}")
+    if head == _ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{path}: truncated or corrupt checkpoint ({size} bytes; {e}); {hint}"
+            ) from None
+        if bad is not None:
+            raise CheckpointError(
+                f"{path}: corrupt checkpoint: its member {bad!r} fails the CRC-32 check; {hint}"
+            )
+    elif not head.startswith(_PICKLE_PROTO):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (the file starts with {head!r}, neither a zip archive nor a "
+            "pickle)"
+        )
+
+
 def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, map_location: Any = "cpu") -> Any:
     """Load a weights file on ``map_location`` (default CPU), weights-only unless ``trust_pickle``.
 
@@ -108,6 +150,7 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, map_
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
         return _read_safetensors(path, map_location)
+    verify_checkpoint_file(path)  # torch.load checks no CRC: a flipped byte would load silently
     try:
         if trust_pickle:
             return torch.load(path, map_location=map_location, weights_only=False)

@@ -70,9 +70,17 @@ def test_truncated_and_garbage_files_are_named(tmp_path):
     truncated.write_bytes(good.read_bytes()[: os.path.getsize(good) // 2])
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(pickle.dumps([1, 2, 3])[:5])
-    for path in (truncated, garbage):
-        with pytest.raises(CheckpointError, match=rf"{path.name}: not a readable checkpoint"):
-            read_checkpoint(path)
+    with pytest.raises(CheckpointError, match=rf"{truncated.name}: truncated or corrupt checkpoint"):
+        read_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match=rf"{garbage.name}: not a readable checkpoint"):
+        read_checkpoint(garbage)
+    # a flipped byte inside a tensor: torch.load would read it silently, the CRC check does not
+    flipped = tmp_path / "flipped.pth"
+    data = bytearray(good.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{flipped.name}: (corrupt|truncated or corrupt) checkpoint"):
+        read_checkpoint(flipped)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         read_checkpoint(tmp_path / "absent.pth")
 

@@ -39,6 +39,7 @@ def test_upernet_two_iterations_iou_metric_resume_and_test_tool(tmp_path):
     metrics = runner.val()
     for key in ("aAcc", "mIoU", "mAcc"):
         assert key in metrics, sorted(metrics)
+        # plumbing: the evaluation ran (values: test_iou_metric_reaches_100_on_the_label_maps_...)
         assert 0.0 <= metrics[key] <= 100.0
     assert osp.isfile(work / "iter_2.pth")
 
@@ -79,6 +80,46 @@ def test_upernet_two_iterations_iou_metric_resume_and_test_tool(tmp_path):
     )
     assert metrics2["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-6)
     assert len(list((tmp_path / "pred").glob("*.png"))) == 2
+
+
+def test_iou_metric_reaches_100_on_the_label_maps_and_falls_on_shifted_ones(tmp_path):
+    """The config's test pipeline and IoUMetric on predictions equal to the label maps the pipeline
+    delivers: aAcc and mIoU are exactly 100, and the classes counted are the PNGs' labels minus one (ADE20K's
+    reduce_zero_label: 0 = "other" becomes the ignore index 255). Rolled predictions score far lower."""
+    import numpy as np
+    from mmengine.evaluator import Evaluator
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    from PIL import Image
+
+    from swtasks.mm.testing import make_tiny_ade20k, pipeline_samples
+
+    data = make_tiny_ade20k(str(tmp_path / "ade"), num_val=3, size=96)  # 96 px, resized to 64 by the pipeline
+    cfg, dataset, samples = pipeline_samples(CONFIG, data)
+    assert all(tuple(s.gt_sem_seg.shape) == (96, 96) and tuple(s.img_shape) == (64, 64) for s in samples)
+
+    def evaluate(transform):
+        evaluator = Evaluator(cfg.test_evaluator)
+        evaluator.dataset_meta = dataset.metainfo
+        preds = []
+        for s in samples:
+            pred = SegDataSample(metainfo=s.metainfo)
+            pred.gt_sem_seg = s.gt_sem_seg
+            pred.pred_sem_seg = PixelData(data=transform(s.gt_sem_seg.data.clone()))
+            preds.append(pred)
+        evaluator.process(data_samples=preds, data_batch=None)
+        metric = evaluator.metrics[0]
+        counted = {int(c) for r in metric.results for c in torch.nonzero(r[3]).flatten()}
+        return evaluator.evaluate(len(preds)), counted
+
+    exact, counted = evaluate(lambda label: label)
+    assert exact["aAcc"] == 100.0 and exact["mIoU"] == 100.0 and exact["mAcc"] == 100.0
+    in_pngs = set()
+    for path in sorted((tmp_path / "ade" / "annotations" / "validation").glob("*.png")):
+        in_pngs |= {int(v) - 1 for v in np.unique(np.asarray(Image.open(path))) if v != 0}
+    assert counted == in_pngs and 255 not in counted
+    rolled, _ = evaluate(lambda label: torch.roll(label, shifts=(17, 23), dims=(-2, -1)))
+    assert rolled["mIoU"] < 60.0 and rolled["aAcc"] < 90.0
 
 
 def test_paper_config_parses_with_reference_settings():

@@ -174,9 +174,9 @@ def test_update_schedule_rate_and_counters():
 def test_pruned_weights_and_their_optimizer_state_stay_zero(make_opt):
     model = small_net()
     opt = make_opt(model.parameters())
-    sp = KernelSparsity(model, sparsity=0.3, total_steps=30, update_interval=3, align_interval=5)
+    sp = KernelSparsity(model, sparsity=0.3, total_steps=30, update_interval=3, align_interval=2)
     sp.init_masks(batch(), F.cross_entropy, optimizer=opt)
-    train(model, sp, opt, steps=11)  # three prune/regrow rounds and two alignments
+    train(model, sp, opt, steps=11)  # three prune/regrow updates, the second one aligned
     assert sp.updates == 3
     assert_masked_kernels_zero(model)
     for name, layer in sw_layers(model).items():
@@ -208,22 +208,74 @@ def test_optimizer_state_from_before_pruning_is_reset():
 # ------------------------------------------------------------------------------------------ alignment
 
 
-def test_alignment_makes_path_masks_equal_and_keeps_count():
+def paths_equal(sp) -> bool:
+    return all(torch.equal(m[0], m[1]) for m in sp.masks.values())
+
+
+def test_alignment_comes_at_every_nth_update_not_every_nth_step():
+    """The reference aligns inside the prune step of every `sparse_gap`-th update (steps // update_frequency
+    % sparse_gap == 0): with updates every 2 steps and alignment every 3rd update, at steps 6 and 12 only
+    (an alignment counted in optimiser steps would come at steps 3, 6, 9, 12)."""
     model = small_net()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    sp = KernelSparsity(model, total_steps=100, update_interval=2, align_interval=5)
+    sp = KernelSparsity(model, total_steps=1000, update_interval=2, align_interval=3)
     sp.init_masks(batch(), F.cross_entropy, optimizer=opt)
-    train(model, sp, opt, steps=4)  # two independent prune/regrow rounds per path
-    assert any(not torch.equal(m[0], m[1]) for m in sp.masks.values()), "paths should have diverged"
-    counts = {n: m.sum(1).clone() for n, m in sp.masks.items()}
-    mags = {n: (sw_layers(model)[n].weight.detach().abs().sum((2, 3)) * sp.masks[n]).sum(0) for n in counts}
-    train(model, sp, opt, steps=1)  # step 5: alignment
-    for name, mask in sp.masks.items():
-        assert torch.equal(mask[0], mask[1]), f"{name}: paths not aligned"
-        assert torch.equal(mask.sum(1), counts[name])
-        # the common mask holds the kernels with the largest summed magnitude (taken before the step)
-        on = mask[0] > 0.5
-        assert mags[name][on].min() >= mags[name][~on].max() - 1e-2 * mags[name].max()
+    assert paths_equal(sp)  # the first path's mask is copied at init
+    equal = []
+    for _ in range(12):
+        train(model, sp, opt, steps=1)
+        equal.append(paths_equal(sp))
+    # paths diverge at the first (independent) update and are one again right after each aligned one
+    assert equal == [True, False, False, False, False, True, True, False, False, False, False, True]
+    assert sp.updates == 6
+
+
+def test_schedule_of_the_recipe_aligns_at_step_13100():
+    sp = KernelSparsity(small_net(), total_steps=300_000, update_interval=100, align_interval=131)
+    assert sp.schedule_at(100) == (True, False)
+    assert sp.schedule_at(131) == (False, False)
+    assert sp.schedule_at(13_000) == (True, False)
+    assert sp.schedule_at(13_100) == (True, True)
+    assert sp.schedule_at(26_200) == (True, True)
+    assert [s for s in range(1, 30_000) if sp.schedule_at(s)[1]] == [13_100, 26_200]
+    fixed = KernelSparsity(small_net(), total_steps=10, update_interval=None)
+    assert fixed.schedule_at(13_100) == (False, False)
+
+
+def test_aligned_update_prunes_on_the_path_sum_and_regrows_one_common_set():
+    """Inside the prune step: the common mask keeps the best (count - ceil(rate * count)) kernels by
+    sum_p |w_p| and regrows ceil(rate * count) kernels at zero in every path (an alignment after the
+    update, or instead of it, would keep kernels that carry weights and regrow none)."""
+    model = small_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sp = KernelSparsity(model, total_steps=1000, update_interval=2, align_interval=3)
+    sp.init_masks(batch(), F.cross_entropy, optimizer=opt)
+    train(model, sp, opt, steps=5)  # updates 1 and 2 (steps 2 and 4): the paths have diverged
+    assert not paths_equal(sp)
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    old = {n: m.clone() > 0.5 for n, m in sp.masks.items()}
+    summed = {n: (sw_layers(model)[n].weight.detach().abs().sum((2, 3)) * old[n]).sum(0) for n in old}
+    rate = sp.current_prune_rate(6)
+    sp.step(opt)  # step 6 = update 3: aligned
+    assert sp.updates == 3
+    for name, before in old.items():
+        layer = sw_layers(model)[name]
+        mask = layer.kernel_mask > 0.5
+        count = int(before[0].sum())
+        assert torch.equal(mask[0], mask[1]) and int(mask[0].sum()) == count, name
+        n_remove = math.ceil(rate * count)
+        w_sum = layer.weight.detach().abs().sum((2, 3)).sum(0)
+        regrown = mask[0] & (w_sum == 0)
+        kept = mask[0] & (w_sum > 0)
+        assert int(regrown.sum()) == n_remove, name
+        assert int(kept.sum()) == count - n_remove, name
+        assert summed[name][kept].min() >= summed[name][~kept].max(), f"{name}: not the best by sum_p |w_p|"
+        for p in range(before.shape[0]):  # a kernel new to a path starts at zero in that path
+            fresh = mask[p] & ~before[p]
+            assert torch.count_nonzero(layer.weight.detach()[p][fresh]) == 0
     assert_masked_kernels_zero(model)
 
 
@@ -233,7 +285,7 @@ def test_alignment_makes_path_masks_equal_and_keeps_count():
 def test_masks_survive_state_dict_and_model_checkpoint_round_trip(tmp_path):
     model = small_net()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    sp = KernelSparsity(model, total_steps=50, update_interval=3, align_interval=7)
+    sp = KernelSparsity(model, total_steps=50, update_interval=3, align_interval=2)
     sp.init_masks(batch(), F.cross_entropy, optimizer=opt)
     train(model, sp, opt, steps=4)
     path = tmp_path / "ckpt.pt"
@@ -248,13 +300,13 @@ def test_masks_survive_state_dict_and_model_checkpoint_round_trip(tmp_path):
     fresh.load_state_dict(ckpt["model"])
     for name, layer in sw_layers(fresh).items():
         assert torch.equal(layer.kernel_mask, sw_layers(model)[name].kernel_mask)
-    adopted = KernelSparsity(fresh, total_steps=50, update_interval=3, align_interval=7)
+    adopted = KernelSparsity(fresh, total_steps=50, update_interval=3, align_interval=2)
     assert adopted.initialized and adopted.density() == sp.density()
 
     # 2) full resume: masks, counters and generator, so the run continues identically
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
     fresh_opt.load_state_dict(ckpt["optimizer"])
-    resumed = KernelSparsity(fresh, total_steps=50, update_interval=3, align_interval=7)
+    resumed = KernelSparsity(fresh, total_steps=50, update_interval=3, align_interval=2)
     resumed.load_state_dict(ckpt["sparsity"])
     assert resumed.steps == sp.steps == 4 and resumed.updates == sp.updates == 1
     train(model, sp, opt, steps=5)

@@ -36,10 +36,11 @@ class SparseTraining(Callback):
     """Dynamic per-small-kernel sparsity of the shift-wise operator (``swtasks.sparse.KernelSparsity``).
 
     Masks are set from SNIP scores on the first training batch (unless a checkpoint brought them), the
-    weights are re-masked after every optimiser step, and every ``update_interval`` steps kernels are
-    pruned and regrown on a cosine-decayed rate. Masks are model buffers, so they are in every
-    checkpoint (and in exported backbones); the schedule's counters and generator are this callback's
-    state, so ``--ckpt_path last`` resumes the schedule exactly.
+    weights are re-masked after every optimiser step, every ``update_interval`` optimiser steps kernels are
+    pruned and regrown on a cosine-decayed rate, and the prune step of every ``align_interval``-th such
+    update (counted in updates, like the reference's ``sparse_gap``) aligns the paths' masks. Masks are
+    model buffers, so they are in every checkpoint (and in exported backbones); the schedule's counters
+    and generator are this callback's state, so ``--ckpt_path last`` resumes the schedule exactly.
     """
 
     def __init__(

@@ -68,6 +68,12 @@ def _parser(task: str, mode: str) -> argparse.ArgumentParser:
         "train_dataloader.batch_size=4)",
     )
     p.add_argument(
+        "--skip-data-check",
+        action="store_true",
+        help="do not check the dataset files before building the Runner (swtasks.mm.data_check; see "
+        "docs/reliability.md)",
+    )
+    p.add_argument(
         "--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher"
     )
     p.add_argument(
@@ -168,6 +174,7 @@ def load_config(args, task: str, mode: str):
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
     if mode == "train":
+        _add_exact_resume_hook(cfg)
         if args.amp:
             if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
                 pass  # already mixed precision
@@ -181,6 +188,7 @@ def load_config(args, task: str, mode: str):
         if args.resume == "auto":
             cfg.resume = True
             cfg.load_from = None
+            _check_last_checkpoint(cfg.work_dir)
         elif args.resume is not None:
             cfg.resume = True
             cfg.load_from = args.resume
@@ -189,6 +197,40 @@ def load_config(args, task: str, mode: str):
         if args.out:
             _add_dump(cfg, task, args.out)
     return cfg
+
+
+def _check_last_checkpoint(work_dir: str) -> None:
+    """`--resume` without a path resumes from the file named in <work_dir>/last_checkpoint (mmengine starts
+    from scratch when there is none). Stop with one line when that file names nothing usable, instead of
+    mmengine's " can not be found"."""
+    from swtasks.checkpoint import CheckpointError
+
+    marker = osp.join(work_dir, "last_checkpoint")
+    if not osp.isfile(marker):
+        return
+    with open(marker) as f:
+        target = f.read().strip()
+    if target and osp.isfile(target):
+        return
+    found = sorted(
+        (osp.join(work_dir, n) for n in os.listdir(work_dir) if n.endswith(".pth")), key=osp.getmtime
+    )
+    hint = f"; the newest checkpoint there is {found[-1]} (--resume {found[-1]})" if found else ""
+    raise CheckpointError(
+        f"{marker} names {target!r}, which is not a file: resume from a given checkpoint with "
+        f"--resume PATH{hint}"
+    )
+
+
+def _add_exact_resume_hook(cfg) -> None:
+    """Resumed runs continue the uninterrupted run's random stream (swtasks.mm.exact_resume)."""
+    from . import exact_resume  # importing registers the hook
+
+    hooks = list(cfg.get("custom_hooks") or [])
+    names = ("ExactResumeHook", exact_resume.ExactResumeHook)
+    if not any(isinstance(h, dict) and h.get("type") in names for h in hooks):
+        hooks.append(dict(type="ExactResumeHook"))
+    cfg.custom_hooks = hooks
 
 
 def _add_dump(cfg, task: str, out: str) -> None:
@@ -228,11 +270,38 @@ def main(task: str, mode: str, argv: Sequence[str] | None = None):
     args = _parser(task, mode).parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     import swtasks.mm  # noqa: F401  (registers the backbones even for configs without custom_imports)
+    from swtasks.checkpoint import CheckpointError
 
-    cfg = load_config(args, task, mode)
-    with checkpoint_loading(args.trust_pickle):
-        runner = _build_runner(cfg)
-        if mode == "train":
-            runner.train()
-            return runner
-        return runner.test()
+    from .checkpoint_io import install
+    from .data_check import DataCheckError
+
+    install()  # atomic checkpoint writes, checked reads
+    try:
+        cfg = load_config(args, task, mode)
+        if not args.skip_data_check:
+            check_data(cfg, mode)
+        with checkpoint_loading(args.trust_pickle):
+            runner = _build_runner(cfg)
+            if mode == "train":
+                runner.train()
+                return runner
+            return runner.test()
+    except (CheckpointError, DataCheckError) as e:
+        raise SystemExit(f"tools/{mode}_{task}.py: error: {e}") from None
+
+
+def check_data(cfg, mode: str):
+    """The pre-flight data check (swtasks.mm.data_check) of the splits a train or test run reads, on the
+    first process only (the others would read the same files)."""
+    import logging
+
+    from mmengine.logging import print_log
+
+    from .data_check import check_config_data
+
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+        return []
+    splits = ("train", "val") if mode == "train" else ("test",)
+    return check_config_data(
+        cfg, splits, log=lambda msg: print_log(msg, logger="current", level=logging.WARNING)
+    )

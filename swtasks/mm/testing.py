@@ -119,6 +119,23 @@ def make_tiny_ade20k(root: str, num_train: int = 4, num_val: int = 2, size: int 
     return root
 
 
+def pipeline_samples(config: str, data_root: str, split: str = "test"):
+    """Build the ``{split}_dataloader`` dataset of the MMDetection/MMSegmentation config ``config`` on
+    ``data_root`` with the framework's registry (the config's ``default_scope``) and run its pipeline on
+    every item. Returns (cfg, dataset, data_samples): what a Runner's loop would hand the model and the
+    evaluator, without a model."""
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS, init_default_scope
+
+    from .cli import set_data_root
+
+    cfg = Config.fromfile(config)
+    set_data_root(cfg, data_root)
+    init_default_scope(cfg.get("default_scope", "mmengine"))
+    dataset = DATASETS.build(cfg[f"{split}_dataloader"].dataset)
+    return cfg, dataset, [dataset[i]["data_samples"] for i in range(len(dataset))]
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] not in ("coco", "ade20k"):

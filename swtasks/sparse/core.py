@@ -11,11 +11,16 @@ Schedule (the reference's, without its bugs):
   gives each layer its density; a layer at density >= `dense_threshold` stays dense (no mask), the
   others get that many kernels at random positions, the first path's pattern copied to every path.
 - `step(optimizer)` after every optimiser step: re-applies the masks to the weights; every
-  `update_interval` steps each (layer, path) loses its ceil(rate * nonzeros) smallest-L1 kernels and
-  regrows as many at random among its zeroed kernels (regrown kernels start at 0), with the rate on a
-  cosine from `prune_rate` to `final_prune_rate` over `total_steps`; every `align_interval` steps the
-  paths of a layer take one common mask, the top kernels of sum_p |w_p|.
-  Intervals count optimiser steps (calls of `step`).
+  `update_interval` optimiser steps comes a prune/regrow update, in which each (layer, path) loses its
+  ceil(rate * nonzeros) smallest-L1 kernels and regrows as many at random among its zeroed kernels
+  (regrown kernels start at 0), with the rate on a cosine from `prune_rate` to `final_prune_rate` over
+  `total_steps`.
+- Path alignment, the reference's schedule and order: every `align_interval`-th UPDATE (update number
+  u = steps // update_interval with u % align_interval == 0; the recipe's 100 and 131 align at steps
+  13,100, 26,200, ...) the prune step of that update ranks the kernels of a layer by sum_p |w_p| over the
+  paths instead of path by path, keeps the best (nonzeros - ceil(rate * nonzeros)) for every path and
+  regrows one common set: all paths leave the update with the same mask. There is no alignment outside
+  an update (update_interval=None disables both).
 - Whenever a kernel leaves the mask (or enters it again), its weights and every optimiser state tensor
   shaped like the parameter (Adam's exp_avg / exp_avg_sq / max_exp_avg_sq, SGD's momentum_buffer, ...)
   are zeroed at its position, for any torch.optim optimiser (state that is not parameter-shaped, e.g. a
@@ -180,9 +185,11 @@ class KernelSparsity:
     torch.save({"model": model.state_dict(), "sparsity": sparsity.state_dict(), ...}, path)
     ```
 
-    `update_interval=None` disables prune/regrow and `align_interval=None` the path alignment (a fixed
-    pattern). Layers that already carry a `kernel_mask` (a model checkpoint was loaded) are adopted as
-    they are; `load_state_dict` also restores the step counter and the generator.
+    `update_interval` counts optimiser steps (calls of `step`), `align_interval` counts prune/regrow
+    updates (the reference's `sparse_gap`). `update_interval=None` disables prune/regrow and with it the
+    alignment (a fixed pattern); `align_interval=None` disables the alignment alone. Layers that already
+    carry a `kernel_mask` (a model checkpoint was loaded) are adopted as they are; `load_state_dict` also
+    restores the step counter and the generator.
     """
 
     def __init__(
@@ -315,6 +322,15 @@ class KernelSparsity:
 
     # ------------------------------------------------------------------ training step
 
+    def schedule_at(self, step: int) -> tuple[bool, bool]:
+        """(prune/regrow update, path alignment) at optimiser step `step` (1-based, as counted by `step()`):
+        an update every `update_interval` steps, aligned when its number `step // update_interval` is a
+        multiple of `align_interval` (the reference: `steps // update_frequency % sparse_gap == 0`)."""
+        if self.update_interval is None or step <= 0 or step % self.update_interval:
+            return False, False
+        update = step // self.update_interval
+        return True, self.align_interval is not None and update % self.align_interval == 0
+
     def step(self, optimizer=None) -> None:
         """Call after every optimiser step (optimizer: the optimiser or a list of them, for state resets)."""
         if not self.initialized:
@@ -323,57 +339,63 @@ class KernelSparsity:
         self.steps += 1
         with torch.no_grad():
             self._apply_masks(opts, reset_state=False)
-            if self.update_interval is not None and self.steps % self.update_interval == 0:
-                self.prune_and_regrow(opts)
-            if self.align_interval is not None and self.steps % self.align_interval == 0:
-                self.align_paths(opts)
+            update, align = self.schedule_at(self.steps)
+            if update:
+                self.prune_and_regrow(opts, align=align)
 
     @torch.no_grad()
-    def prune_and_regrow(self, optimizer=None, rate: float | None = None) -> None:
-        """One prune/regrow round on every sparse (layer, path); the nonzero count is kept."""
+    def prune_and_regrow(self, optimizer=None, rate: float | None = None, align: bool = False) -> None:
+        """One prune/regrow update on every sparse layer; the nonzero count of every path is kept.
+
+        Path by path: the ceil(rate * nonzeros) smallest-L1 active kernels go and as many zeroed kernels
+        come back at random. With `align=True` (the scheduled every `align_interval`-th update) the prune
+        ranks the kernels by sum_p |w_p| (masked) instead, every path keeps the same best ones, ties going
+        to kernels active in more paths, and one random regrowth is shared: all paths end with one mask.
+        Weights and optimiser state of every kernel that did not stay active in a path are zeroed.
+        """
         opts = _unwrap_optimizers(optimizer)
         rate = self.current_prune_rate() if rate is None else rate
         new_masks, survivors = {}, {}
         for name, mask in self.masks.items():
-            layer = self.layers[name]
             old = mask.detach().cpu() > 0.5
-            magnitude = kernel_magnitude(layer).cpu()
-            keep = old.clone()
-            new = old.clone()
-            for p in range(old.shape[0]):
-                active = int(old[p].sum())
-                n_remove = math.ceil(rate * active)
-                if n_remove == 0:
-                    continue
-                score = torch.where(old[p], magnitude[p], torch.full_like(magnitude[p], math.inf))
-                order = torch.argsort(score, stable=True)
-                keep[p, order[:n_remove]] = False
-                candidates = torch.nonzero(~keep[p]).flatten()
-                grow = candidates[torch.randperm(candidates.numel(), generator=self.generator)[:n_remove]]
-                new[p] = keep[p]
-                new[p, grow] = True
+            magnitude = kernel_magnitude(self.layers[name]).cpu()
+            if align:
+                new, keep = self._aligned_prune_regrow(old, magnitude, rate)
+            else:
+                new, keep = self._prune_regrow(old, magnitude, rate)
             new_masks[name], survivors[name] = new, keep
         self._commit(new_masks, survivors, opts)
         self.updates += 1
 
-    @torch.no_grad()
-    def align_paths(self, optimizer=None) -> None:
-        """Give all paths of every sparse layer the same mask: the top kernels of sum_p |w_p| (masked),
-        as many as a path has now; ties go to kernels active in more paths."""
-        opts = _unwrap_optimizers(optimizer)
-        new_masks, survivors = {}, {}
-        for name, mask in self.masks.items():
-            layer = self.layers[name]
-            old = mask.detach().cpu() > 0.5
-            count = round(float(old.float().sum(1).mean()))
-            score = (kernel_magnitude(layer).cpu() * old).sum(0)
-            by_paths = torch.argsort(old.sum(0), descending=True, stable=True)
-            order = by_paths[torch.argsort(score[by_paths], descending=True, stable=True)]
-            row = torch.zeros(old.shape[1], dtype=torch.bool)
-            row[order[:count]] = True
-            new = row.expand_as(old).clone()
-            new_masks[name], survivors[name] = new, old & new
-        self._commit(new_masks, survivors, opts)
+    def _regrow(self, keep: torch.Tensor, count: int) -> torch.Tensor:
+        """`keep` (1-D bool) plus `count` kernels drawn at random among the others."""
+        candidates = torch.nonzero(~keep).flatten()
+        grow = candidates[torch.randperm(candidates.numel(), generator=self.generator)[:count]]
+        new = keep.clone()
+        new[grow] = True
+        return new
+
+    def _prune_regrow(self, old: torch.Tensor, magnitude: torch.Tensor, rate: float):
+        keep, new = old.clone(), old.clone()
+        for p in range(old.shape[0]):
+            n_remove = math.ceil(rate * int(old[p].sum()))
+            if n_remove == 0:
+                continue
+            score = torch.where(old[p], magnitude[p], torch.full_like(magnitude[p], math.inf))
+            keep[p, torch.argsort(score, stable=True)[:n_remove]] = False
+            new[p] = self._regrow(keep[p], n_remove)
+        return new, keep
+
+    def _aligned_prune_regrow(self, old: torch.Tensor, magnitude: torch.Tensor, rate: float):
+        count = round(float(old.float().sum(1).mean()))
+        n_remove = math.ceil(rate * count)
+        score = (magnitude * old).sum(0)
+        by_paths = torch.argsort(old.sum(0), descending=True, stable=True)
+        order = by_paths[torch.argsort(score[by_paths], descending=True, stable=True)]
+        common = torch.zeros(old.shape[1], dtype=torch.bool)
+        common[order[: count - n_remove]] = True
+        new = self._regrow(common, n_remove).expand_as(old).clone()
+        return new, old & common
 
     # ------------------------------------------------------------------ internals
 
