@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_convert import RefLayerNormCF
+from test_convert import RefLayerNormCF, _tool
 from test_unireplknet import assert_checkpointing_is_exact, images, randomize
 
 import swtasks
@@ -148,14 +148,17 @@ def test_parameter_counts_and_widths():
 # ------------------------------------------------------------------------------------------ deploy, weights
 
 
-def test_reparameterize_and_published_file_give_the_same_logits(tmp_path):
+def test_reparameterize_and_published_file_give_the_same_logits(tmp_path, capsys):
     ref = randomize(RefSLaK(**SMALL), seed=4)
     x = images()
     y = ref(x)
     src = tmp_path / "slak_pub.pth"
     torch.save({"model": ref.state_dict(), "epoch": 299}, src)
     out = tmp_path / "converted.pth"
-    meta = convert_checkpoint_file(src, out, source="slak-official", model="slak_t", **SMALL)
+    argv = ["--source", "slak-official", str(src), str(out), "--model", "slak_t"]
+    assert _tool().main(argv + [f"--set={k}={v!r}" for k, v in SMALL.items()]) == 0  # the command line
+    assert f"slak_t, num_classes={N_CLASSES}" in capsys.readouterr().out
+    meta = torch.load(out, weights_only=True)["meta"]
     assert meta["num_classes"] == N_CLASSES and meta["source"] == "slak-official"
     model = swtasks.create_model("slak_t", num_classes=N_CLASSES, checkpoint_path=out, **SMALL).double().eval()
     torch.testing.assert_close(model(x), y, rtol=0, atol=1e-11)
