@@ -389,4 +389,54 @@ class ShiftWiseNet(RegistryBackbone):
     family = "shiftwise"
 
 
-BACKBONES = (ShiftWiseNet,)
+class UniRepLKNet(RegistryBackbone):
+    """UniRepLKNet backbone (``arch`` 'a', 'f', 'p', 'n', 't'/'tiny', 's'/'small', 'b', 'l', 'xl'); see
+    :class:`RegistryBackbone`. The published dense-task checkpoints (``backbone.`` keys, ``norm0..3``) load
+    as they are; ``deploy=True`` re-parameterises a training-structure file while loading. UniRepLKNet is
+    trained dense: ``sparse=True`` is refused."""
+
+    family = "unireplknet"
+
+    def __init__(self, *args, sparse: bool = False, **kwargs):
+        if sparse:
+            raise ValueError("UniRepLKNet has no sparse training: sparse=True is for ShiftWiseNet and SLaK")
+        super().__init__(*args, sparse=False, **kwargs)
+
+
+def _reapply_weight_masks(module: nn.Module, *args) -> None:
+    from swtasks.sparse import apply_weight_masks
+
+    apply_weight_masks(module)
+
+
+class SLaK(RegistryBackbone):
+    """SLaK backbone (``arch`` 't'/'tiny', 's'/'small', 'b'/'base'); see :class:`RegistryBackbone`.
+
+    ``sparse=True`` keeps the sparsity pattern of the loaded weights while fine-tuning, as the published
+    dense-task backbone does: every conv and linear weight that is exactly zero in the checkpoint is masked
+    (``weight_mask`` buffers, swtasks.sparse.unstructured), and the masks are re-applied before every forward
+    and before every state-dict export, so masked weights stay zero in the detector's checkpoints."""
+
+    family = "slak"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.sparse:
+            self.register_forward_pre_hook(lambda module, args: _reapply_weight_masks(module._net))
+            self._net.register_state_dict_pre_hook(lambda module, prefix, keep_vars: _reapply_weight_masks(module))
+
+    def _apply_sparse_masks(self) -> dict:
+        from swtasks.sparse import masks_from_zero_weights
+
+        masks = masks_from_zero_weights(self._net)
+        total = sum(int(m.numel()) for m in masks.values())
+        kept = sum(int(m.sum()) for m in masks.values())
+        density = f"{kept / total:.3f}" if total else "1 (no zero weights found)"
+        print_log(
+            f"{type(self).__name__}: sparse=True: {len(masks)} conv/linear layers masked, weight density {density}",
+            logger="current",
+        )
+        return masks
+
+
+BACKBONES = (ShiftWiseNet, UniRepLKNet, SLaK)

@@ -20,12 +20,18 @@ from .registry import (
     register_model,
 )
 from .shiftwise_net import SHIFTWISE_ARCHS, ShiftWiseBlock, ShiftWiseNet, shiftwise_arch  # noqa: E402
+from .slak import SLAK_ARCHS, SLaK  # noqa: E402
+from .unireplknet import UNIREPLKNET_ARCHS, UniRepLKNet  # noqa: E402
 
 __all__ = [
     "SHIFTWISE_ARCHS",
+    "SLAK_ARCHS",
+    "UNIREPLKNET_ARCHS",
     "ModelConfigError",
+    "SLaK",
     "ShiftWiseBlock",
     "ShiftWiseNet",
+    "UniRepLKNet",
     "checkpoint_adapter",
     "create_model",
     "family_of",

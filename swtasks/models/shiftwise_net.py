@@ -60,6 +60,7 @@ from swtasks.layers.common import (
 from .common import FeatureInfo, as_stage_tuple, check_image_input, checkpoint_block
 from .registry import ModelConfigError, check_overrides, register_family, register_model
 from .shiftwise_official import SHIFTWISE_ADAPTER
+from .unireplknet import fold_pointwise_tail
 
 __all__ = [
     "SHIFTWISE_ARCHS",
@@ -169,24 +170,8 @@ class ShiftWiseBlock(nn.Module):
             self.norm = affine
         else:
             self.norm = nn.Identity()
-        # 2. GRN beta, pwconv2's BN and the layer scale into pwconv2 (now a Linear with bias):
-        #    gamma * BN(W (u + beta)) = [gamma * s * W] u + gamma * (s * (W beta) + t)
-        grn = self.act[1]
-        linear, bn = self.pwconv2[0], self.pwconv2[2]
-        w = linear.weight.to(f64)  # (C, 4C)
-        b = w.new_zeros(w.shape[0]) if linear.bias is None else linear.bias.to(f64)
-        if grn.use_bias:
-            b = b + w @ grn.beta.reshape(-1).to(f64)
-            del grn.beta
-            grn.use_bias = False
-        bn_s, bn_b = bn_scale_shift(bn)
-        ls = self.gamma.to(f64) if self.gamma is not None else torch.ones_like(bn_s)
-        new = nn.Linear(linear.in_features, linear.out_features, bias=True)
-        new = new.to(device=linear.weight.device, dtype=linear.weight.dtype)
-        new.weight.copy_(w * (bn_s * ls).view(-1, 1))
-        new.bias.copy_((b * bn_s + bn_b) * ls)
-        self.pwconv2 = nn.Sequential(new, ToChannelsFirst())
-        self.gamma = None
+        # 2. GRN beta, pwconv2's BN and the layer scale into pwconv2 (the UniRepLKNet block's fold)
+        fold_pointwise_tail(self)
         self.deploy = True
 
 

@@ -1,5 +1,15 @@
-"""Training-time sparsity of the shift-wise operator's small kernels (plain PyTorch; no lightning here)."""
+"""Training-time sparsity (plain PyTorch; no lightning here): per-small-kernel masks of the shift-wise
+operator (core) and SLaK's per-weight masks of every conv and linear layer (unstructured)."""
 
 from .core import KernelSparsity, masks_from_weights, shiftwise_layers, snip_scores
+from .unstructured import UnstructuredSparsity, apply_weight_masks, masks_from_zero_weights
 
-__all__ = ["KernelSparsity", "masks_from_weights", "shiftwise_layers", "snip_scores"]
+__all__ = [
+    "KernelSparsity",
+    "UnstructuredSparsity",
+    "apply_weight_masks",
+    "masks_from_weights",
+    "masks_from_zero_weights",
+    "shiftwise_layers",
+    "snip_scores",
+]

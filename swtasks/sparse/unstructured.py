@@ -1,0 +1,439 @@
+"""Unstructured (per-weight) dynamic sparsity, SLaK's: one mask bit per weight of every conv and linear layer.
+
+swtasks.sparse.core masks whole small kernels of the shift-wise operator; SLaK masks single weights of
+every layer with a 2-D or 4-D weight (stem, downsampling, the decomposed large kernels, the pointwise
+Linears, the classifier). What carries over from core, and what does not:
+
+- reused: the optimiser-state reset of core (`reset_optimizer_state`: every state tensor shaped like the
+  parameter is zeroed where a weight left or re-entered the mask, for any torch.optim optimiser), its
+  rank-0 broadcast and its cosine prune-rate schedule (`KernelSparsity._broadcast_` and
+  `current_prune_rate`, borrowed as methods: they read only attributes this class has too), and its
+  design of masks as model buffers, so they are saved in and restored from ordinary checkpoints;
+- not reused: masking inside the forward. ShiftWiseConv2d multiplies its kernels by `kernel_mask` in its own
+  forward; plain nn.Conv2d / nn.Linear cannot without renaming their parameters (parametrisations), so the
+  masks are applied to the weights in place after every optimiser step, as the published code does.
+  Between two steps a masked weight gets a gradient (and optimiser moments); the step after is masked
+  again, and a weight that re-enters the mask starts from zero with zeroed optimiser state;
+- no path alignment (there are no paths).
+
+Masks: a bool buffer `weight_mask` on each masked module (`stages.0.0.pwconv1.weight_mask`). A model that
+calls `accept_weight_masks(model)` (SLaK does in its constructor) creates such buffers when a state dict it
+loads has them and drops them when the state dict has the layer's weight but no mask, so a sparse
+checkpoint restores its pattern with a plain `load_state_dict` (strict or not) and a dense one clears it.
+
+Schedule (the published SLaK recipe, with its bugs left out):
+
+- `init_masks(batch, loss_fn)`: layer densities from SNIP (|w * dL/dw| on one batch, one global threshold
+  keeping 1 - sparsity of all weights), or ERK (`init='erk'`: density proportional to (sum of the weight's
+  dimensions) / (its size), scaled to the target, layers that would exceed 1 dense), or uniform; positions
+  inside a layer at random (exactly round(density * n) of them, where the published code draws each weight
+  with that probability); layers at density >= `dense_threshold` (0.99) keep no mask.
+- `step(optimizer)` after every optimiser step: re-masks the weights; every `update_interval` steps each
+  masked layer drops its ceil(rate * active) smallest-magnitude active weights and regrows as many at random
+  among its inactive positions (just-dropped ones included, as published: they keep their value), with the
+  rate on a cosine from `prune_rate` to `final_prune_rate` over `total_steps`. The published random growth
+  draws with a probability (the count drifts); here the count is exact, so the density stays fixed.
+- Distributed: a private generator seeded identically on every rank, and rank 0's masks broadcast whenever
+  they change. Call `init_masks` before wrapping the model in DistributedDataParallel.
+- `state_dict()` / `load_state_dict()`: masks, counters and the generator.
+
+Fine-tuning with a fixed pattern (detection, segmentation): `masks_from_zero_weights(model)` masks the zero
+weights of a loaded sparse checkpoint; `apply_weight_masks(model)` re-applies them (call it after each
+optimiser step, or before each forward as the published dense-task backbone does).
+
+Imports torch and swtasks.sparse.core only (no models): the model floor may import this module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .core import KernelSparsity, _split_batch, _unwrap_optimizers, reset_optimizer_state
+
+__all__ = [
+    "MASK_SUFFIX",
+    "UnstructuredSparsity",
+    "accept_weight_masks",
+    "apply_weight_masks",
+    "erk_densities",
+    "maskable_layers",
+    "masks_from_zero_weights",
+    "set_weight_mask",
+    "weight_masks",
+    "weight_snip_scores",
+]
+
+MASK_NAME = "weight_mask"
+MASK_SUFFIX = "." + MASK_NAME
+STATE_VERSION = 1
+_MASKABLE = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _is_maskable(m: nn.Module) -> bool:
+    return isinstance(m, _MASKABLE) and isinstance(getattr(m, "weight", None), nn.Parameter)
+
+
+def maskable_layers(
+    model: nn.Module, include: Iterable[str] | Callable[[str, nn.Module], bool] | None = None
+) -> dict[str, nn.Module]:
+    """The conv and linear layers of `model` whose weights can be masked, by qualified name (SLaK's rule:
+    every 2-D and 4-D weight). `include`: fnmatch patterns on the layer names (e.g. `['*.large_kernel.*']`,
+    the published `--only-L`), or a predicate (name, module) -> bool; None: all."""
+    if include is None:
+        keep = None
+    elif callable(include):
+        keep = include
+    else:
+        patterns = list(include)
+
+        def keep(name, _module):
+            return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    return {n: m for n, m in model.named_modules() if _is_maskable(m) and (keep is None or keep(n, m))}
+
+
+def set_weight_mask(layer: nn.Module, mask: torch.Tensor | None) -> None:
+    """Give `layer` the mask (bool, shaped like its weight) as its `weight_mask` buffer, or remove it."""
+    if mask is None:
+        layer._buffers.pop(MASK_NAME, None)
+        return
+    if tuple(mask.shape) != tuple(layer.weight.shape):
+        raise ValueError(f"weight mask of shape {tuple(mask.shape)} for a weight of shape {tuple(layer.weight.shape)}")
+    current = layer._buffers.get(MASK_NAME)
+    mask = mask.detach().to(device=layer.weight.device, dtype=torch.bool)
+    if current is not None and current.shape == mask.shape:
+        current.copy_(mask)
+    else:
+        layer.register_buffer(MASK_NAME, mask.clone())
+
+
+def weight_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The `weight_mask` buffers of `model`, by layer name."""
+    return {n: m._buffers[MASK_NAME] for n, m in model.named_modules() if m._buffers.get(MASK_NAME) is not None}
+
+
+@torch.no_grad()
+def apply_weight_masks(model: nn.Module) -> None:
+    """Zero, in place, every weight outside its layer's mask."""
+    for _, m in model.named_modules():
+        mask = m._buffers.get(MASK_NAME)
+        if mask is not None:
+            m.weight.mul_(mask)
+
+
+@torch.no_grad()
+def masks_from_zero_weights(model: nn.Module, include=None) -> dict[str, torch.Tensor]:
+    """Mask the exactly-zero weights of every maskable layer that has some (the pattern of a loaded sparse
+    checkpoint, e.g. a published SLaK file); layers without zeros keep no mask. Returns the masks set."""
+    out = {}
+    for name, layer in maskable_layers(model, include).items():
+        mask = layer.weight != 0
+        set_weight_mask(layer, None if bool(mask.all()) else mask)
+        if not bool(mask.all()):
+            out[name] = layer._buffers[MASK_NAME]
+    return out
+
+
+def _load_masks_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    for name, layer in module.named_modules():
+        if not _is_maskable(layer):
+            continue
+        base = prefix + (name + "." if name else "")
+        key = base + MASK_NAME
+        if key in state_dict:
+            if layer._buffers.get(MASK_NAME) is None:
+                layer.register_buffer(MASK_NAME, torch.zeros(layer.weight.shape, dtype=torch.bool,
+                                                             device=layer.weight.device))
+        elif base + "weight" in state_dict and layer._buffers.get(MASK_NAME) is not None:
+            layer._buffers.pop(MASK_NAME)
+
+
+def accept_weight_masks(model: nn.Module) -> nn.Module:
+    """Let `model.load_state_dict` create the `weight_mask` buffers a state dict has (and drop the ones it
+    lacks for weights it has). Idempotent; returns the model."""
+    if not getattr(model, "_accepts_weight_masks", False):
+        model.register_load_state_dict_pre_hook(_load_masks_hook)
+        model._accepts_weight_masks = True
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------
+# layer densities
+# ------------------------------------------------------------------------------------------------------
+
+
+def weight_snip_scores(
+    model: nn.Module, batch, loss_fn: Callable, layers: Mapping[str, nn.Module]
+) -> dict[str, torch.Tensor]:
+    """|w * dL/dw| of every weight of `layers` on one batch ((inputs, targets) with loss_fn(model(x), y), or
+    inputs alone with loss_fn(model(x))). `.grad` is not touched and the model's buffers (BatchNorm
+    statistics, masks) are put back afterwards."""
+    inputs, targets = _split_batch(batch)
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    weights = [layer.weight for layer in layers.values()]
+    try:
+        with torch.enable_grad():
+            out = model(inputs)
+            loss = loss_fn(out) if targets is None else loss_fn(out, targets)
+            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in saved and b.shape == saved[n].shape:
+                    b.copy_(saved[n])
+    scores = {}
+    for (name, layer), g in zip(layers.items(), grads):
+        w = layer.weight.detach().float()
+        scores[name] = torch.zeros_like(w) if g is None else (w * g.float()).abs()
+    return scores
+
+
+def erk_densities(shapes: Mapping[str, Iterable[int]], density: float, power: float = 1.0) -> dict[str, float]:
+    """Erdos-Renyi-Kernel layer densities with the overall `density`: each layer's density is
+    eps * (sum(shape) / prod(shape)) ** power, with eps chosen so that the kept weights total density * all;
+    layers that would exceed 1 are dense and eps is solved again for the rest."""
+    shapes = {n: tuple(int(s) for s in shape) for n, shape in shapes.items()}
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    raw = {n: (sum(s) / sizes[n]) ** power for n, s in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        rest = [n for n in shapes if n not in dense]
+        budget = density * sum(sizes.values()) - sum(sizes[n] for n in dense)
+        divisor = sum(raw[n] * sizes[n] for n in rest)
+        eps = budget / divisor if divisor > 0 else 0.0
+        over = [n for n in rest if eps * raw[n] > 1.0]
+        if not over:
+            break
+        dense.update(over)
+    return {n: 1.0 if n in dense else max(0.0, eps * raw[n]) for n in shapes}
+
+
+# ------------------------------------------------------------------------------------------------------
+# the schedule
+# ------------------------------------------------------------------------------------------------------
+
+
+class UnstructuredSparsity:
+    """Dynamic per-weight sparsity of a model's conv and linear layers (see the module docstring).
+
+    ```python
+    sparsity = UnstructuredSparsity(model, sparsity=0.4, total_steps=len(loader) * epochs,
+                                    update_interval=2000, prune_rate=0.5)   # SLaK-T's published settings
+    sparsity.init_masks(next(iter(loader)), F.cross_entropy)
+    for x, y in loader:
+        F.cross_entropy(model(x), y).backward(); optimizer.step(); optimizer.zero_grad()
+        sparsity.step(optimizer)
+    ```
+
+    The constructor takes the same keywords as swtasks.sparse.KernelSparsity (`align_interval` must be
+    None: there are no paths to align) plus `init` ('snip', 'erk', 'uniform') and `include` (which layers;
+    default all). Layers that already carry masks (a sparse checkpoint was loaded) are adopted.
+    """
+
+    # core's schedule pieces; they read steps / total_steps / prune_rate / final_prune_rate and self.layers
+    current_prune_rate = KernelSparsity.current_prune_rate
+    _broadcast_ = KernelSparsity._broadcast_
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        sparsity: float = 0.4,
+        total_steps: int | None = None,
+        update_interval: int | None = 2000,
+        prune_rate: float = 0.5,
+        final_prune_rate: float = 0.005,
+        init: str = "snip",
+        include: Iterable[str] | Callable[[str, nn.Module], bool] | None = None,
+        dense_threshold: float = 0.99,
+        align_interval: int | None = None,
+        seed: int = 0,
+    ):
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        if update_interval is not None and (not isinstance(update_interval, int) or update_interval <= 0):
+            raise ValueError(f"update_interval must be a positive int or None, got {update_interval!r}")
+        if update_interval is not None and (not isinstance(total_steps, int) or total_steps <= 0):
+            raise ValueError(
+                f"total_steps must be a positive int when update_interval is set (the prune rate decays over it), "
+                f"got {total_steps!r}"
+            )
+        for arg, value in (("prune_rate", prune_rate), ("final_prune_rate", final_prune_rate)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{arg} must be in [0, 1], got {value!r}")
+        if init not in ("snip", "erk", "uniform"):
+            raise ValueError(f"init must be 'snip', 'erk' or 'uniform', got {init!r}")
+        if align_interval is not None:
+            raise ValueError("align_interval: unstructured sparsity has no paths to align; give None")
+        if not 0.0 < dense_threshold <= 1.0:
+            raise ValueError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        self.model = model
+        self.layers = maskable_layers(model, include)
+        if not self.layers:
+            raise ValueError("the model has no conv or linear layer to sparsify")
+        accept_weight_masks(model)
+        self.sparsity = float(sparsity)
+        self.total_steps = total_steps
+        self.update_interval = update_interval
+        self.prune_rate = float(prune_rate)
+        self.final_prune_rate = float(final_prune_rate)
+        self.init = init
+        self.dense_threshold = float(dense_threshold)
+        self.seed = seed
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+        self.steps = 0
+        self.updates = 0
+        self._initialized = any(m._buffers.get(MASK_NAME) is not None for m in self.layers.values())
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The current masks (the layers' own buffers), by layer name."""
+        return {n: m._buffers[MASK_NAME] for n, m in self.layers.items() if m._buffers.get(MASK_NAME) is not None}
+
+    @property
+    def initialized(self) -> bool:
+        return self._initialized
+
+    def density(self) -> float:
+        """Share of active weights over all maskable layers (dense layers count fully)."""
+        total = sum(m.weight.numel() for m in self.layers.values())
+        inactive = sum(int((~mask).sum()) for mask in self.masks.values())
+        return (total - inactive) / total
+
+    def layer_densities(self) -> dict[str, float]:
+        masks = self.masks
+        return {n: float(masks[n].float().mean()) if n in masks else 1.0 for n in self.layers}
+
+    # ------------------------------------------------------------------ initialisation
+
+    def _target_densities(self, batch, loss_fn) -> dict[str, float]:
+        keep = 1.0 - self.sparsity
+        if self.init == "uniform":
+            return {n: keep for n in self.layers}
+        if self.init == "erk":
+            return erk_densities({n: m.weight.shape for n, m in self.layers.items()}, keep)
+        if batch is None or loss_fn is None:
+            raise ValueError("init='snip' needs a batch and a loss_fn (init_masks(batch, loss_fn))")
+        scores = weight_snip_scores(self.model, batch, loss_fn, self.layers)
+        flat = torch.cat([s.flatten().cpu() for s in scores.values()])
+        n_keep = max(1, round(flat.numel() * keep))
+        threshold = torch.topk(flat, n_keep, sorted=True).values[-1]
+        return {n: float((s > threshold).float().mean()) for n, s in scores.items()}
+
+    def init_masks(self, batch=None, loss_fn: Callable | None = None, optimizer=None) -> dict[str, float]:
+        """Set the initial masks and apply them; returns every layer's density."""
+        densities = self._target_densities(batch, loss_fn)
+        shared = torch.tensor([densities[n] for n in self.layers], dtype=torch.float64)
+        self._broadcast_([shared])  # ranks that scored other batches take rank 0's densities
+        with torch.no_grad():
+            for layer, density in zip(self.layers.values(), shared.tolist()):
+                n = layer.weight.numel()
+                if density >= self.dense_threshold:
+                    set_weight_mask(layer, None)
+                    continue
+                count = min(n, max(1, round(density * n)))
+                mask = torch.zeros(n, dtype=torch.bool)
+                mask[torch.randperm(n, generator=self.generator)[:count]] = True
+                set_weight_mask(layer, mask.view(layer.weight.shape))
+            self._broadcast_(list(self.masks.values()))
+            opts = _unwrap_optimizers(optimizer)
+            for name, mask in self.masks.items():
+                weight = self.layers[name].weight
+                weight.mul_(mask)
+                reset_optimizer_state(opts, weight, mask)
+        self._initialized = True
+        return self.layer_densities()
+
+    # ------------------------------------------------------------------ training step
+
+    def step(self, optimizer=None) -> None:
+        """Call after every optimiser step (optimizer: the optimiser or a list of them, for state resets)."""
+        if not self._initialized:
+            raise RuntimeError("UnstructuredSparsity.step() before init_masks() (or load_state_dict())")
+        self.steps += 1
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                self.layers[name].weight.mul_(mask)
+            if self.update_interval is not None and self.steps % self.update_interval == 0:
+                self.prune_and_regrow(optimizer)
+
+    @torch.no_grad()
+    def prune_and_regrow(self, optimizer=None, rate: float | None = None) -> None:
+        """One magnitude-prune / random-regrow round on every masked layer; the active count is kept."""
+        opts = _unwrap_optimizers(optimizer)
+        rate = self.current_prune_rate() if rate is None else rate
+        names, new_masks, survivors = [], [], []
+        for name, mask in self.masks.items():
+            old = mask.detach().cpu().flatten()
+            magnitude = self.layers[name].weight.detach().abs().float().cpu().flatten()
+            n_remove = math.ceil(rate * int(old.sum()))
+            keep = old.clone()
+            if n_remove > 0:
+                score = torch.where(old, magnitude, torch.full_like(magnitude, math.inf))
+                keep[torch.argsort(score, stable=True)[:n_remove]] = False
+            new = keep.clone()
+            candidates = torch.nonzero(~keep).flatten()
+            new[candidates[torch.randperm(candidates.numel(), generator=self.generator)[:n_remove]]] = True
+            names.append(name)
+            new_masks.append(new.view(mask.shape))
+            survivors.append((old & new).view(mask.shape))
+        self._broadcast_(new_masks + survivors)
+        for name, new, survived in zip(names, new_masks, survivors):
+            layer = self.layers[name]
+            set_weight_mask(layer, new)
+            survived = survived.to(layer.weight.device)
+            layer.weight.mul_(survived)
+            reset_optimizer_state(opts, layer.weight, survived)
+        self.updates += 1
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "kind": "unstructured",
+            "steps": self.steps,
+            "updates": self.updates,
+            "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
+            "generator": self.generator.get_state(),
+            "config": {
+                "sparsity": self.sparsity,
+                "total_steps": self.total_steps,
+                "update_interval": self.update_interval,
+                "prune_rate": self.prune_rate,
+                "final_prune_rate": self.final_prune_rate,
+                "init": self.init,
+                "dense_threshold": self.dense_threshold,
+                "seed": self.seed,
+            },
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore masks (into the layers, applied to the weights), counters and the generator; the schedule
+        settings stay those given to the constructor."""
+        masks = state["masks"]
+        unknown = sorted(set(masks) - set(self.layers))
+        bad = [f"{n}: {tuple(m.shape)} vs {tuple(self.layers[n].weight.shape)}" for n, m in masks.items()
+               if n in self.layers and tuple(m.shape) != tuple(self.layers[n].weight.shape)]
+        if unknown or bad:
+            raise ValueError("sparsity state does not fit this model: " + "; ".join(
+                ([f"unknown layers {unknown}"] if unknown else []) + ([f"mis-shaped masks {bad}"] if bad else [])))
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                set_weight_mask(layer, masks.get(name))
+            apply_weight_masks(self.model)
+        self._initialized = True
+        self.steps = int(state["steps"])
+        self.updates = int(state.get("updates", 0))
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
