@@ -49,7 +49,6 @@ from swtasks.layers import ShiftWiseConv2d
 from swtasks.layers.common import (
     GRN,
     DropPath,
-    LayerNorm,
     SEBlock,
     ToChannelsFirst,
     ToChannelsLast,
@@ -57,10 +56,10 @@ from swtasks.layers.common import (
     trunc_normal_,
 )
 
-from .common import FeatureInfo, as_stage_tuple, check_image_input, checkpoint_block
+from .common import as_stage_tuple
+from .four_stage import FourStageNet, fold_pointwise_tail, unireplknet_downsample_layers
 from .registry import ModelConfigError, check_overrides, register_family, register_model
 from .shiftwise_official import SHIFTWISE_ADAPTER
-from .unireplknet import fold_pointwise_tail
 
 __all__ = [
     "SHIFTWISE_ARCHS",
@@ -175,7 +174,7 @@ class ShiftWiseBlock(nn.Module):
         self.deploy = True
 
 
-class ShiftWiseNet(nn.Module):
+class ShiftWiseNet(FourStageNet):
     """ShiftWiseNet classifier / backbone. Every argument is a create_model override.
 
     Args:
@@ -217,202 +216,40 @@ class ShiftWiseNet(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        depths = tuple(int(d) for d in as_stage_tuple("depths", depths))
-        dims = tuple(int(d) for d in as_stage_tuple("dims", dims))
-        kernel_sizes = tuple(int(k) for k in as_stage_tuple("kernel_sizes", kernel_sizes))
-        if any(d < 0 for d in depths):
-            raise ModelConfigError(f"depths must be >= 0, got {depths}")
-        if any(d < 4 for d in dims):
-            raise ModelConfigError(f"dims must be >= 4 (the SE block uses dim // 4 channels), got {dims}")
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ModelConfigError(f"in_chans must be a positive int, got {in_chans!r}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ModelConfigError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ModelConfigError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-        out_indices = tuple(int(i) for i in out_indices)
-        if features_only and (not out_indices or len(set(out_indices)) != len(out_indices)
-                              or any(not 0 <= i < 4 for i in out_indices)):
-            raise ModelConfigError(f"out_indices must be distinct stage indices in 0..3, got {out_indices}")
-
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.depths, self.dims, self.kernel_sizes = depths, dims, kernel_sizes
-        self.deploy = deploy
-        self.features_only = features_only
-        self.out_indices = out_indices if features_only else (0, 1, 2, 3)
-        self.grad_checkpointing = grad_checkpointing
-        self.total_stride = 32
-        self.num_features = dims[-1]
-
-        self.downsample_layers = nn.ModuleList()
-        self.downsample_layers.append(
-            nn.Sequential(
-                nn.Conv2d(in_chans, dims[0] // 2, kernel_size=3, stride=2, padding=1),
-                LayerNorm(dims[0] // 2, eps=1e-6, data_format="channels_first"),
-                nn.GELU(),
-                nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1),
-                LayerNorm(dims[0], eps=1e-6, data_format="channels_first"),
-            )
+        rates = self._setup(
+            in_chans=in_chans, num_classes=num_classes, depths=depths, dims=dims, drop_path_rate=drop_path_rate,
+            deploy=deploy, features_only=features_only, out_indices=out_indices,
+            grad_checkpointing=grad_checkpointing, min_dim=4,  # the SE block uses dim // 4 channels
         )
-        for i in range(3):
-            self.downsample_layers.append(
-                nn.Sequential(
-                    nn.Conv2d(dims[i], dims[i + 1], kernel_size=3, stride=2, padding=1),
-                    LayerNorm(dims[i + 1], eps=1e-6, data_format="channels_first"),
-                )
-            )
-
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist() if sum(depths) else []
+        dims = self.dims
+        self.kernel_sizes = tuple(int(k) for k in as_stage_tuple("kernel_sizes", kernel_sizes))
+        self.downsample_layers = unireplknet_downsample_layers(in_chans, dims)
         self.stages = nn.ModuleList()
         cur = 0
         for i in range(4):
             blocks = [
                 ShiftWiseBlock(
-                    dims[i], kernel_sizes[i], small_kernel=small_kernel, ghost_ratio=ghost_ratio, n_path=n_path,
-                    n_rep=n_rep, ffn_factor=ffn_factor, drop_path=rates[cur + j],
+                    dims[i], self.kernel_sizes[i], small_kernel=small_kernel, ghost_ratio=ghost_ratio,
+                    n_path=n_path, n_rep=n_rep, ffn_factor=ffn_factor, drop_path=rates[cur + j],
                     layer_scale_init_value=layer_scale_init_value, deploy=deploy, backend=backend,
                 )
-                for j in range(depths[i])
+                for j in range(self.depths[i])
             ]
             self.stages.append(nn.Sequential(*blocks))
-            cur += depths[i]
-
-        all_info = [
-            {"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}", "stage": i} for i in range(4)
-        ]
-        if features_only:
-            self.feature_info = FeatureInfo(all_info[i] for i in self.out_indices)
-            for i in self.out_indices:
-                self.add_module(f"norm{i}", LayerNorm(dims[i], eps=1e-6, data_format="channels_first"))
-            self.norm = None
-            self.head = None
-        else:
-            self.feature_info = FeatureInfo(all_info)
-            self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-
-        self.apply(self._init_weights)
-        if isinstance(self.head, nn.Linear):
-            with torch.no_grad():
-                self.head.weight.mul_(head_init_scale)
-                self.head.bias.mul_(head_init_scale)
+            cur += self.depths[i]
+        self._build_outputs(head_init_scale)
 
     # -------------------------------------------------------------------------------------- init
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, ShiftWiseConv2d) and not m.deploy:
+        FourStageNet._init_weights(m)
+        if isinstance(m, ShiftWiseConv2d) and not m.deploy and not m.weight.is_meta:
             # the small kernels are Conv2d weights in the reference, so they get the same init (the
             # deploy form keeps the layer's own identity init: it exists to be loaded into)
             trunc_normal_(m.weight, std=0.02)
 
-    # -------------------------------------------------------------------------------------- forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        check_image_input(x, self.in_chans, self.total_stride)
-
-    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            for block in self.stages[i]:
-                x = checkpoint_block(block, x)
-            return x
-        return self.stages[i](x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """The last stage's NCHW map (B, dims[-1], H/32, W/32); with features_only the list of maps."""
-        self._check_input(x)
-        if self.features_only:
-            return self._forward_maps(x)
-        for i in range(4):
-            x = self.downsample_layers[i](x)
-            x = self._run_stage(i, x)
-        return x
-
-    def _forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        last = max(self.out_indices)
-        for i in range(last + 1):
-            x = self.downsample_layers[i](x)
-            x = self._run_stage(i, x)
-            if i in self.out_indices:
-                outs.append(getattr(self, f"norm{i}")(x))
-        return outs
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> LayerNorm -> classifier; pre_logits=True stops before the classifier."""
-        if self.features_only:
-            raise RuntimeError("a features_only model has no classification head")
-        x = self.norm(x.mean(dim=(-2, -1)))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        x = self.forward_features(x)
-        if self.features_only:
-            return x
-        return self.forward_head(x)
-
-    # -------------------------------------------------------------------------------------- protocol
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a freshly initialised one with `num_classes` outputs (0: none)."""
-        if self.features_only:
-            raise RuntimeError("a features_only model has no classifier")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        ref = self.norm.weight
-        self.num_classes = num_classes
-        if num_classes > 0:
-            head = nn.Linear(self.num_features, num_classes).to(device=ref.device, dtype=ref.dtype)
-            self._init_weights(head)
-            self.head = head
-        else:
-            self.head = nn.Identity()
-        for attr in ("pretrained_cfg", "default_cfg"):
-            cfg = getattr(self, attr, None)
-            if isinstance(cfg, dict):
-                cfg["num_classes"] = num_classes
-
-    def no_weight_decay(self) -> set[str]:
-        """Names of the parameters that should get no weight decay. Rule: every parameter with fewer than two
-        dimensions (all biases, LayerNorm/BatchNorm weights, the layer scales `gamma`, the SW operator's BN
-        weights and deploy bias, the ghost affine) plus the GRN `gamma`/`beta` (shape (1,1,1,C) but
-        per-channel). Conv/Linear weights and the SW kernels (`weight`, `weight_h`, `weight_v`) decay."""
-        names = set()
-        for name, p in self.named_parameters():
-            if p.dim() < 2 or name.endswith(".bias"):
-                names.add(name)
-        for mname, m in self.named_modules():
-            if isinstance(m, GRN):
-                for pname, _ in m.named_parameters(recurse=False):
-                    names.add(f"{mname}.{pname}")
-        return names
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing per block (torch.utils.checkpoint, use_reentrant=False) while grad is
-        enabled. Outputs, gradients and BatchNorm running statistics are identical to the plain forward
-        (drop-path masks are replayed from the saved RNG state; running statistics are not updated twice)."""
-        self.grad_checkpointing = bool(enable)
-
-    @torch.no_grad()
-    def reparameterize(self) -> ShiftWiseNet:
-        """Turn the training structure into the deploy structure in place (eval semantics: BatchNorms fold
-        with their running statistics). Idempotent. Returns self."""
-        for stage in self.stages:
-            for block in stage:
-                block.reparameterize()
-        self.deploy = True
-        return self
-
     def extra_repr(self) -> str:
-        return (
-            f"depths={self.depths}, dims={self.dims}, kernel_sizes={self.kernel_sizes}, deploy={self.deploy}, "
-            f"features_only={self.features_only}"
-        )
+        return f"{super().extra_repr()}, kernel_sizes={self.kernel_sizes}"
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -46,8 +46,8 @@ from swtasks.layers.decomposed import DecomposedLargeKernelConv
 from swtasks.sparse.unstructured import MASK_SUFFIX, accept_weight_masks
 
 from .common import as_stage_tuple
+from .four_stage import FourStageNet
 from .registry import ModelConfigError, check_overrides, register_family, register_model
-from .unireplknet import FourStageNet
 
 __all__ = ["SLAK_ARCHS", "SLaK", "SLaKBlock"]
 
