@@ -12,18 +12,20 @@ from test_cls_cli import REPO, folder, run_cli  # noqa: F401  (folder: the image
 
 RECIPES = {
     "unireplknet_t_in1k.yaml": dict(
-        backbone="unireplknet_t", drop_path_rate=0.2, ema_decay=None,
+        backbone="unireplknet_t", drop_path_rate=0.2, ema_decay=None, sparse=[],
         tiny=dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], kernel_sizes=[3, 7, 5, 3]),
     ),
     "slak_t_in1k.yaml": dict(
         backbone="slak_t", drop_path_rate=0.1, ema_decay=0.9999,
+        sparse=[dict(sparsity=0.4, update_interval=2000, prune_rate=0.5, final_prune_rate=0.005, align_interval=131,
+                     dense_threshold=0.99, seed=0, method="unstructured", init="snip")],
         tiny=dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], width_factor=1.0, kernel_sizes=[7, 7, 5, 5]),
     ),
 }
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_published_recipe_values_and_one_step(recipe, folder, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_published_recipe_values_and_one_step(recipe, folder, tmp_path, monkeypatch, capsys, caplog):  # noqa: F811
     want = RECIPES[recipe]
     path = str(REPO / "configs/cls" / recipe)
     with pytest.raises(SystemExit) as e:
@@ -37,6 +39,8 @@ def test_published_recipe_values_and_one_step(recipe, folder, tmp_path, monkeypa
                                                                   want["ema_decay"])
     assert (m["label_smoothing"], m["mixup_alpha"], m["cutmix_alpha"], m["switch_prob"]) == (0.1, 0.8, 1.0, 0.5)
     assert (d["auto_augment"], d["random_erasing"], d["crop_pct"]) == ("rand-m9-mstd0.5-inc1", 0.25, 0.875)
+    sparse = [c["init_args"] for c in t.get("callbacks") or [] if c["class_path"].endswith("SparseTraining")]
+    assert sparse == want["sparse"]
     run_cli(
         [
             "fit", "--config", path, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
@@ -48,4 +52,7 @@ def test_published_recipe_values_and_one_step(recipe, folder, tmp_path, monkeypa
         ],  # fmt: skip
         monkeypatch,
     )
-    assert "fit finished: 1 epochs, 1 optimiser steps" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "fit finished: 1 epochs, 1 optimiser steps" in captured.out
+    logged = captured.out + captured.err + caplog.text
+    assert ("sparse training (unstructured)" in logged) == bool(want["sparse"])

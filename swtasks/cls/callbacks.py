@@ -33,7 +33,10 @@ def _backbone(pl_module: L.LightningModule) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------------------------- sparse
 class SparseTraining(Callback):
-    """Dynamic per-small-kernel sparsity of the shift-wise operator (``swtasks.sparse.KernelSparsity``).
+    """Dynamic sparse training: ``method='kernel'`` (default) is the shift-wise operator's per-small-kernel
+    sparsity (``swtasks.sparse.KernelSparsity``), ``method='unstructured'`` SLaK's per-weight sparsity of the
+    large-kernel convolutions (``swtasks.sparse.UnstructuredSparsity``, layer densities by ``init``: snip,
+    erk or uniform; no path alignment).
 
     Masks are set from SNIP scores on the first training batch (unless a checkpoint brought them), the
     weights are re-masked after every optimiser step, every ``update_interval`` optimiser steps kernels are
@@ -52,8 +55,13 @@ class SparseTraining(Callback):
         align_interval: int | None = 131,
         dense_threshold: float = 0.99,
         seed: int = 0,
+        method: str = "kernel",
+        init: str = "snip",
     ):
         super().__init__()
+        if method not in ("kernel", "unstructured"):
+            raise InputError(f"SparseTraining: method must be 'kernel' or 'unstructured', got {method!r}")
+        self.method = method
         self.kwargs = dict(
             sparsity=sparsity,
             update_interval=update_interval,
@@ -63,15 +71,18 @@ class SparseTraining(Callback):
             dense_threshold=dense_threshold,
             seed=seed,
         )
+        if method == "unstructured":  # no paths to align; layer densities from `init`
+            self.kwargs.update(init=init, align_interval=None)
         self.sparsity = None
         self._pending: dict | None = None
         self._last_step = -1
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        from swtasks.sparse import KernelSparsity
+        from swtasks.sparse import KernelSparsity, UnstructuredSparsity
 
+        cls = KernelSparsity if self.method == "kernel" else UnstructuredSparsity
         try:
-            self.sparsity = KernelSparsity(
+            self.sparsity = cls(
                 _backbone(pl_module), total_steps=max(1, int(trainer.estimated_stepping_batches)), **self.kwargs
             )
         except ValueError as e:
@@ -89,7 +100,7 @@ class SparseTraining(Callback):
             x = x.contiguous(memory_format=torch.channels_last)
         densities = self.sparsity.init_masks((x, y), F.cross_entropy, optimizer=trainer.optimizers)
         rank_zero_info(
-            f"sparse training: {len(densities)} shift-wise layers, overall kernel density "
+            f"sparse training ({self.method}): {len(densities)} layers, overall density "
             f"{self.sparsity.density():.3f} (target {1 - self.kwargs['sparsity']:.3f})"
         )
         ema = getattr(pl_module, "ema", None)
