@@ -1,5 +1,6 @@
 """nn.Modules built on swtasks.ops (plain PyTorch; no lightning/mm imports here)."""
 
+from .kernel_warehouse import KWConv1d, KWConv2d, KWConv3d, KWLinear, WarehouseManager
 from .shiftwise import ShiftWiseConv2d
 
-__all__ = ["ShiftWiseConv2d"]
+__all__ = ["KWConv1d", "KWConv2d", "KWConv3d", "KWLinear", "ShiftWiseConv2d", "WarehouseManager"]

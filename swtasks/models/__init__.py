@@ -8,6 +8,8 @@ Each family module registers its variants with `register_model` (and its checkpo
 `register_family`) when imported; import new families below.
 """
 
+from .convnext import CONVNEXT_ARCHS, ConvNeXt  # noqa: E402
+from .kernelwarehouse import KW_VARIANTS, KWConvNeXt  # noqa: E402
 from .registry import (
     ModelConfigError,
     checkpoint_adapter,
@@ -20,9 +22,16 @@ from .registry import (
     register_model,
 )
 from .shiftwise_net import SHIFTWISE_ARCHS, ShiftWiseBlock, ShiftWiseNet, shiftwise_arch  # noqa: E402
+from .torchvision_baselines import MobileNetV2, ResNet  # noqa: E402
 
 __all__ = [
+    "CONVNEXT_ARCHS",
+    "KW_VARIANTS",
     "SHIFTWISE_ARCHS",
+    "ConvNeXt",
+    "KWConvNeXt",
+    "MobileNetV2",
+    "ResNet",
     "ModelConfigError",
     "ShiftWiseBlock",
     "ShiftWiseNet",
