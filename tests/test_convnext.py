@@ -1,4 +1,4 @@
-"""ConvNeXt: sizes, the published checkpoints (`convnext-official`), the doors, the classification recipe.
+"""ConvNeXt: sizes, the published checkpoints (`convnext-official`), the doors (recipe: test_peer_recipes.py).
 
 Oracle: the published network (facebookresearch/ConvNeXt models/convnext.py) re-stated compactly below with
 its key names and its hand-written channels-first LayerNorm; it shares no code with swtasks.models.convnext.
@@ -7,7 +7,6 @@ its key names and its hand-written channels-first LayerNorm; it shares no code w
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -162,36 +161,3 @@ def test_doors_features_layer_ids_checkpointing():
     assert model.eval()(x).shape == (2, 3)
     with pytest.raises(TypeError, match="unknown override for convnext_t: 'kernel_sizes'"):
         swtasks.create_model("convnext_t", kernel_sizes=7)
-
-
-def test_convnext_recipe(tmp_path, monkeypatch, capsys):
-    """configs/cls/convnext_t_in1k.yaml: the published recipe values, and a fast_dev_run step (EMA on) with a
-    small ConvNeXt."""
-    yaml = pytest.importorskip("yaml")
-    from swtasks.cls.cli import main
-    from swtasks.cls.synthetic import write_image_folder
-
-    cfg_path = str(ROOT / "configs/cls/convnext_t_in1k.yaml")
-    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
-    with pytest.raises(SystemExit) as e:
-        main(["fit", "--config", cfg_path, "--print_config"])
-    assert e.value.code == 0
-    cfg = yaml.safe_load(capsys.readouterr().out)
-    t, m, d = cfg["trainer"], cfg["model"], cfg["data"]
-    assert int(t["devices"]) * t["num_nodes"] * d["batch_size"] * t["accumulate_grad_batches"] == 4096
-    assert (m["backbone"], m["lr"], m["weight_decay"], m["warmup_epochs"], m["drop_path_rate"]) == (
-        "convnext_t", 4e-3, 0.05, 20, 0.1)
-    assert (t["max_epochs"], m["ema_decay"], m["min_lr"], m["label_smoothing"]) == (300, 0.9999, 1e-6, 0.1)
-    assert (m["mixup_alpha"], m["cutmix_alpha"], d["auto_augment"], d["random_erasing"]) == (
-        0.8, 1.0, "rand-m9-mstd0.5-inc1", 0.25)
-    folder = write_image_folder(str(tmp_path / "data"), num_classes=3, train_per_class=4, val_per_class=2,
-                                image_size=32)
-    main([
-        "fit", "--config", cfg_path, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
-        "--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer.accumulate_grad_batches", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
-        "--model.backbone_kwargs", '{"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}', "--model.num_classes", "3",
-        "--data.root", folder, "--data.image_size", "32", "--data.batch_size", "4", "--data.eval_batch_size", "4",
-        "--data.num_workers", "0",
-    ])  # fmt: skip
-    assert "fit finished: 1 epochs, 1 optimiser steps" in capsys.readouterr().out
