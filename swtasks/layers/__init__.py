@@ -2,6 +2,16 @@
 
 from .decomposed import DecomposedLargeKernelConv
 from .dilated_reparam import DilatedReparamBlock
+from .kernel_warehouse import KWConv1d, KWConv2d, KWConv3d, KWLinear, WarehouseManager
 from .shiftwise import ShiftWiseConv2d
 
-__all__ = ["DecomposedLargeKernelConv", "DilatedReparamBlock", "ShiftWiseConv2d"]
+__all__ = [
+    "DecomposedLargeKernelConv",
+    "DilatedReparamBlock",
+    "KWConv1d",
+    "KWConv2d",
+    "KWConv3d",
+    "KWLinear",
+    "ShiftWiseConv2d",
+    "WarehouseManager",
+]

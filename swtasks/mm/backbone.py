@@ -439,4 +439,98 @@ class SLaK(RegistryBackbone):
         return masks
 
 
-BACKBONES = (ShiftWiseNet, UniRepLKNet, SLaK)
+class ConvNeXt(RegistryBackbone):
+    """ConvNeXt backbone (the published layout; ``arch`` 't', 's', 'b' or 'tiny', 'small', 'base'); see
+    :class:`RegistryBackbone`. ``layer_scale_init_value=1.0`` is the published dense-task setting."""
+
+    family = "convnext"
+
+
+class _KWBackbone(RegistryBackbone):
+    """A KernelWarehouse family's backbone. ``arch``: a registry name (``'kw_resnet50_1x'``), the same without
+    ``kw_`` (``'resnet50_1x'``) or without the network name (``'50_1x'``), or a dict of overrides with ``base``.
+    The attention temperature is fixed at 0 (dense-task fine-tuning, as published). ``frozen_stages`` also
+    freezes a warehouse when every layer that draws from it is frozen (a stage's warehouse also serves the
+    next stage's first block, so with frozen_stages=1 the stage-1 warehouse keeps training, as published)."""
+
+    family = "kw"
+    network = ""
+    default_arch = ""
+
+    def __init__(self, arch=None, *args, layer_scale_init_value: float | None = None, sparse: bool = False,
+                 **kwargs):
+        if sparse:
+            raise ValueError(f"sparse=True applies to shift-wise operators; {type(self).__name__} has none")
+        super().__init__(self.default_arch if arch is None else arch, *args,
+                         layer_scale_init_value=layer_scale_init_value, sparse=False, **kwargs)
+        self._net.set_temperature(0.0)
+
+    @classmethod
+    def available_archs(cls) -> list[str]:
+        from swtasks.models import list_models
+
+        return [n[len("kw_"):] for n in list_models(f"kw_{cls.network}*")]
+
+    @classmethod
+    def _resolve_arch(cls, arch) -> tuple[str, dict]:
+        from swtasks.models import is_model
+
+        if isinstance(arch, Mapping):
+            overrides = dict(arch)
+            name, _ = cls._resolve_arch(overrides.pop("base", cls.default_arch))
+            return name, overrides
+        if not isinstance(arch, str):
+            raise TypeError(f"arch must be a variant name or a dict of overrides, got {arch!r}")
+        for cand in (arch, f"kw_{arch}", f"kw_{cls.network}{arch}", f"kw_{cls.network}_{arch}"):
+            if cand.startswith(f"kw_{cls.network}") and is_model(cand):
+                return cand, {}
+        known = ", ".join(repr(a) for a in cls.available_archs())
+        raise ValueError(f"unknown arch {arch!r} for {cls.__name__}; available: {known}")
+
+    def _freeze_stages(self) -> None:
+        super()._freeze_stages()
+        manager = getattr(self._net, "warehouse_manager", None)
+        if self.frozen_stages < 0 or manager is None:
+            return
+        names = {id(m): n for n, m in self._net.named_modules()}
+        frozen = [names[id(m)] for m in self._stage_modules(self.frozen_stages)]
+        for weight, users in zip(manager.weights, manager.users):
+            if users and all(any(u == f or u.startswith(f + ".") for f in frozen) for u in users):
+                weight.requires_grad = False
+
+
+class KWResNet(_KWBackbone):
+    """KernelWarehouse ResNet backbone (``arch`` 'resnet18_1d4x' ... 'resnet50_4x'); maps of layer1..4."""
+
+    network = "resnet"
+    default_arch = "resnet50_1x"
+
+    def _stage_modules(self, k: int) -> list[nn.Module]:
+        net = self._net
+        return [net.conv1, net.bn1] + [getattr(net, f"layer{i}") for i in range(1, k + 1)]
+
+
+class KWMobileNetV2(_KWBackbone):
+    """KernelWarehouse MobileNetV2 backbone (``arch`` 'mobilenetv2_100_1x', ...); maps of features.3/6/13/18.
+    Stage k of frozen_stages: the feature modules up to its output (the stem: features.0-1)."""
+
+    network = "mobilenetv2"
+    default_arch = "mobilenetv2_100_1x"
+
+    def _stage_modules(self, k: int) -> list[nn.Module]:
+        net = self._net
+        return [f for j, f in enumerate(net.features) if net.stage_id(f"features.{j}.x", 4) <= k]
+
+
+class KWConvNeXt(_KWBackbone):
+    """KernelWarehouse ConvNeXt backbone (``arch`` 'convnext_t_1x'); ``layer_scale_init_value`` as ConvNeXt's
+    (the published dense-task setting 1.0)."""
+
+    network = "convnext"
+    default_arch = "convnext_t_1x"
+
+    def __init__(self, arch=None, *args, layer_scale_init_value: float | None = 1.0, **kwargs):
+        super().__init__(arch, *args, layer_scale_init_value=layer_scale_init_value, **kwargs)
+
+
+BACKBONES = (ShiftWiseNet, UniRepLKNet, SLaK, ConvNeXt, KWResNet, KWMobileNetV2, KWConvNeXt)

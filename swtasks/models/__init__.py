@@ -8,6 +8,8 @@ Each family module registers its variants with `register_model` (and its checkpo
 `register_family`) when imported; import new families below.
 """
 
+from .convnext import CONVNEXT_ARCHS, ConvNeXt  # noqa: E402
+from .kernelwarehouse import KW_VARIANTS, KWConvNeXt  # noqa: E402
 from .registry import (
     ModelConfigError,
     checkpoint_adapter,
@@ -21,12 +23,19 @@ from .registry import (
 )
 from .shiftwise_net import SHIFTWISE_ARCHS, ShiftWiseBlock, ShiftWiseNet, shiftwise_arch  # noqa: E402
 from .slak import SLAK_ARCHS, SLaK  # noqa: E402
+from .torchvision_baselines import MobileNetV2, ResNet  # noqa: E402
 from .unireplknet import UNIREPLKNET_ARCHS, UniRepLKNet  # noqa: E402
 
 __all__ = [
+    "CONVNEXT_ARCHS",
+    "KW_VARIANTS",
     "SHIFTWISE_ARCHS",
     "SLAK_ARCHS",
     "UNIREPLKNET_ARCHS",
+    "ConvNeXt",
+    "KWConvNeXt",
+    "MobileNetV2",
+    "ResNet",
     "ModelConfigError",
     "SLaK",
     "ShiftWiseBlock",
