@@ -71,6 +71,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Classifier keys a features-only model does not have (ignored when the model has no such module).
 CLASSIFIER_ROOTS = ("head", "norm", "fc", "classifier", "head_drop")
 _OUT_NORM = re.compile(r"^norm\d+\.")
+_ST_EXTRA = "the safetensors package: pip install safetensors (part of the swtasks[export] extra)"
 
 
 class CheckpointError(RuntimeError):
@@ -190,8 +191,10 @@ def _read_safetensors(path: str, map_location: Any) -> dict:
     try:
         from safetensors import safe_open
     except ImportError as e:  # an optional dependency
-        raise CheckpointError(f"{path}: reading .safetensors files needs the safetensors package") from e
-    device = "cpu" if map_location in (None, "cpu") else str(map_location)
+        raise CheckpointError(f"{path}: reading .safetensors files needs {_ST_EXTRA}") from e
+    # a device name or torch.device opens the tensors there; other map_locations (functions, dicts: the
+    # remapping forms of torch.load) have no safetensors equivalent, so the tensors are read on the CPU
+    device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
     try:
         with safe_open(path, framework="pt", device=device) as f:
             sd = {k: f.get_tensor(k) for k in f.keys()}
@@ -199,7 +202,11 @@ def _read_safetensors(path: str, map_location: Any) -> dict:
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"{path}: not a readable safetensors file: {_first_line(err)}") from err
     meta = metadata.get("meta")
-    return {"state_dict": sd, "meta": json.loads(meta) if meta else {}}
+    try:
+        meta = json.loads(meta) if meta else {}
+    except ValueError as err:
+        raise CheckpointError(f"{path}: the 'meta' string metadata is not JSON: {err}") from err
+    return {"state_dict": sd, "meta": meta}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -573,7 +580,7 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
         try:
             from safetensors.torch import save as st_save
         except ImportError as e:
-            raise CheckpointError(f"{path}: writing .safetensors files needs the safetensors package") from e
+            raise CheckpointError(f"{path}: writing .safetensors files needs {_ST_EXTRA}") from e
         blob = st_save({k: v.contiguous().clone() for k, v in sd.items()}, metadata={"meta": json.dumps(meta, default=str)})
         _atomic_write(path, lambda f: f.write(blob))
         return

@@ -760,3 +760,30 @@ def test_kw_resnet18_on_cuda_matches_cpu_and_trains_under_bf16_autocast():
             loss = model(x[:batch].cuda()).float().logsumexp(1).mean()
         loss.backward()
         assert all(torch.isfinite(w.grad).all() for w in model.warehouse_manager.weights)
+
+
+@pytest.mark.parametrize("name", ["kw_mobilenetv2_050_1x", "kw_resnet18_1d4x"])
+def test_export_form_of_kw_convolutions_equals_the_grouped_one(name):
+    """While exporting, KW convolutions run as im2col + batched matmul (a dynamic batch cannot be a group
+    count in ONNX): the same function as the grouped convolution, depthwise layers included."""
+    from swtasks.layers import KWConv2d
+
+    torch.manual_seed(0)
+    model = swtasks.create_model(name, num_classes=5).eval()
+    model.set_temperature(0.3)
+    layers = [m for m in model.modules() if isinstance(m, KWConv2d)]
+    assert any(m.groups > 1 for m in layers) == name.startswith("kw_mobilenetv2")
+    x = torch.randn(3, 3, 48, 48)
+    seen = []
+
+    def compare(module, inputs, output):
+        alpha = module.attention(inputs[0])
+        seen.append(((module._forward_unfolded(inputs[0], module.static_kernel(alpha)) - output).abs().max()
+                     / output.abs().max().clamp_min(1e-12)).item())
+
+    hooks = [m.register_forward_hook(compare) for m in layers]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(layers) and max(seen) < 1e-5

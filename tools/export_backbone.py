@@ -3,8 +3,9 @@
 
     python tools/export_backbone.py runs/demo/checkpoints/last.ckpt backbone.pth [--ema] [--reparameterize] [--no-head]
 
-The file holds {"state_dict": {"backbone.<key>": tensor}, "meta": {...}}: load it in MMDetection /
-MMSegmentation configs with init_cfg=dict(type='Pretrained', checkpoint='backbone.pth', prefix='backbone.'),
+The file holds {"state_dict": {"backbone.<key>": tensor}, "meta": {...}} (an output ending in .safetensors is
+written as safetensors: the tensors, and the meta as JSON string metadata; docs/deploy.md): load it in
+MMDetection / MMSegmentation configs with init_cfg=dict(type='Pretrained', checkpoint='backbone.pth', prefix='backbone.'),
 or in Python with swtasks.create_model(NAME, checkpoint_path='backbone.pth') (plus deploy=True for a
 --reparameterize export). Sparsity masks are folded into the weights.
 """
@@ -18,7 +19,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a Lightning checkpoint written by tools/train_cls.py")
-    p.add_argument("output", help="where to write the backbone state dict")
+    p.add_argument("output", help="where to write the backbone state dict (.pth, or .safetensors)")
     p.add_argument("--ema", action="store_true", help="export the EMA weights instead of the raw ones")
     p.add_argument("--reparameterize", action="store_true", help="fold into the deploy structure first")
     p.add_argument("--no-head", action="store_true", help="drop the classifier (head.*)")

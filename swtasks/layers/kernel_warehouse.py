@@ -302,6 +302,8 @@ class KWConvNd(nn.Module):
             )
         b = x.shape[0]
         alpha = self.attention(x)
+        if self.dimension == 2 and torch.compiler.is_exporting():
+            return self._forward_unfolded(x, self.static_kernel(alpha))
         weight = self.static_kernel(alpha).reshape(-1, self.in_planes // self.groups, *self.kernel_size)
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.dimension - 1]
         y = conv(
@@ -311,6 +313,25 @@ class KWConvNd(nn.Module):
         y = y.reshape(b, self.out_planes, *y.shape[2:])
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, *([1] * self.dimension)).to(y.dtype)
+        return y
+
+    def _forward_unfolded(self, x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        """The same per-sample convolution as im2col + a batched matrix product. Used while exporting
+        (torch.export / ONNX): the grouped convolution of `forward` has a group count that grows with the
+        batch, which ONNX's Conv cannot take when the batch is dynamic; this form keeps every shape but the
+        batch static. kernels: (B, out, in/groups, kh, kw)."""
+        b, g = x.shape[0], self.groups
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        cols = cols.reshape(b, g, -1, cols.shape[-1])  # (B, g, in/g * kh * kw, L)
+        w = kernels.reshape(b, g, self.out_planes // g, -1)  # (B, g, out/g, in/g * kh * kw)
+        y = torch.matmul(w, cols).reshape(b, self.out_planes, -1)
+        h_out, w_out = (
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip(x.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride)
+        )
+        y = y.reshape(b, self.out_planes, h_out, w_out)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1).to(y.dtype)
         return y
 
     def set_temperature(self, value: float) -> None:

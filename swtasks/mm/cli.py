@@ -2,7 +2,7 @@
 
     python tools/train_det.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
                               [--data-root DIR] [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
-    python tools/test_det.py  CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--data-root DIR] ...
+    python tools/test_det.py  CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show-dir DIR] ...
 
 Multi-GPU: ``torchrun --nproc_per_node=8 tools/train_det.py CONFIG --launcher pytorch``;
 Slurm: ``srun --ntasks=16 --ntasks-per-node=8 --gres=gpu:8 python -u tools/train_det.py CONFIG --launcher slurm``.
@@ -55,6 +55,11 @@ def _parser(task: str, mode: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--out",
             help=("also dump the raw predictions: a .pkl file (det) or a directory of PNG label maps (seg)"),
+        )
+        p.add_argument(
+            "--show-dir",
+            help="draw the predictions (boxes and masks / label maps) of every test image into this "
+            "directory with the framework's visualiser",
         )
     p.add_argument(
         "--data-root",
@@ -196,6 +201,8 @@ def load_config(args, task: str, mode: str):
         cfg.load_from = args.checkpoint
         if args.out:
             _add_dump(cfg, task, args.out)
+        if args.show_dir:
+            add_show_dir(cfg, task, args.show_dir)
     return cfg
 
 
@@ -231,6 +238,28 @@ def _add_exact_resume_hook(cfg) -> None:
     if not any(isinstance(h, dict) and h.get("type") in names for h in hooks):
         hooks.append(dict(type="ExactResumeHook"))
     cfg.custom_hooks = hooks
+
+
+def add_show_dir(cfg, task: str, show_dir: str) -> str:
+    """Draw every test prediction into ``show_dir`` with the framework's own hook and visualiser: mmdet's
+    DetVisualizationHook (``test_out_dir``: one image per input, boxes and masks above its ``score_thr``,
+    0.3), mmseg's SegVisualizationHook (the visualiser's ``save_dir``: label maps blended over the image,
+    under ``vis_data/vis_image/``). The hook is turned on for every image (``draw=True``, ``interval=1``) and
+    added when the config has none. Returns the absolute directory (docs/deploy.md)."""
+    show_dir = osp.abspath(show_dir)  # mmdet joins a relative test_out_dir to work_dir/timestamp per batch
+    hook_type = {"det": "DetVisualizationHook", "seg": "SegVisualizationHook"}[task]
+    hooks = cfg.setdefault("default_hooks", {})
+    hook = hooks.get("visualization") or dict(type=hook_type)
+    hook.update(draw=True, interval=1)
+    if task == "det":
+        hook["test_out_dir"] = show_dir
+    else:
+        visualizer = cfg.get("visualizer") or dict(type="SegLocalVisualizer", name="visualizer")
+        visualizer.setdefault("vis_backends", [dict(type="LocalVisBackend")])
+        visualizer["save_dir"] = show_dir
+        cfg.visualizer = visualizer
+    hooks["visualization"] = hook
+    return show_dir
 
 
 def _add_dump(cfg, task: str, out: str) -> None:

@@ -1,0 +1,201 @@
+"""Deployment exports (swtasks.export, tools/export.py): every registry family in its deploy structure to
+ONNX (run in ONNX Runtime) and to a torch.export program (loaded back with torch.export.load), with a dynamic
+batch checked at 1 and 3; the training structure of ShiftWiseNet through the PyTorch path of its operator;
+TorchScript; the tolerance check; refused custom operators. The oracle is always the eager PyTorch model, run
+here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import swtasks
+from swtasks.models import family_of, list_models
+
+ort = pytest.importorskip("onnxruntime")  # the `export` extra (installed by the `test` extra)
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+from swtasks.export import ExportError, export_module, foreign_operators  # noqa: E402
+
+# One test-sized variant per model family of the registry, with overrides that keep its export fast
+# (seconds). A family that joins the registry needs a row here: test_every_family_exports_in_deploy_form
+# fails without one.
+FAMILY_TEST_SIZES: dict[str, tuple[str, dict]] = {
+    "shiftwise": ("shiftwise_atto",
+                  dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), layer_scale_init_value=1.0)),
+    "unireplknet": ("unireplknet_a",
+                    dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_sizes=(3, 7, 5, 13),
+                         layer_scale_init_value=1.0)),
+    "slak": ("slak_t", dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), width_factor=1.0, kernel_sizes=(7, 7, 5, 5),
+                            layer_scale_init_value=1.0)),
+    "convnext": ("convnext_t", dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40), layer_scale_init_value=1.0)),
+    "kw": ("kw_resnet18_1d4x", dict(depths=(1, 1, 1, 1))),  # per-sample kernels: exported via im2col
+    "resnet18": ("resnet18", {}),
+    "resnet50": ("resnet50", dict(depths=(1, 1, 1, 1))),
+    "mobilenetv2": ("mobilenetv2_100", {}),
+}
+FAMILIES = sorted({family_of(n) for n in list_models()})
+SIZE = 64
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and weights, so that a fold or an export that drops a term shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def _relative(got, want) -> float:
+    got = got if isinstance(got, (list, tuple)) else [got]
+    want = want if isinstance(want, (list, tuple)) else [want]
+    assert [tuple(g.shape) for g in got] == [tuple(w.shape) for w in want]
+    return max(float((torch.as_tensor(g).double() - w.double()).abs().max() / w.double().abs().max())
+               for g, w in zip(got, want))
+
+
+def _images(batch: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(100 + seed))
+
+
+def _run_onnx(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+
+
+def _tool(argv):
+    import runpy
+
+    main = runpy.run_path(os.path.join(TOOLS, "export.py"), run_name="export_tool")["main"]
+    return main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_exports_in_deploy_form(family, tmp_path):
+    assert family in FAMILY_TEST_SIZES, (
+        f"family {family!r} is in the registry but has no test size in FAMILY_TEST_SIZES "
+        "(tests/test_export.py)"
+    )
+    name, overrides = FAMILY_TEST_SIZES[family]
+    assert family_of(name) == family
+    torch.manual_seed(0)
+    model = _randomise(swtasks.create_model(name, num_classes=10, **overrides))
+    if callable(getattr(model, "reparameterize", None)):
+        model.reparameterize()
+
+    export_module(model, tmp_path / "m.pt2", image_size=SIZE, dynamic_batch=True)
+    export_module(model, tmp_path / "m.onnx", image_size=SIZE, dynamic_batch=True)
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    assert {n.domain for n in graph.graph.node} == {""}, "only standard ONNX operators"
+    assert [i.name for i in graph.graph.input] == ["images"]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    for seed, batch in enumerate((1, 3)):
+        x = _images(batch, seed)
+        with torch.no_grad():
+            want = model(x)
+            assert _relative(program(x), want) <= 1e-4
+        assert _relative(_run_onnx(tmp_path / "m.onnx", x), want) <= 1e-4
+
+
+def test_tool_exports_a_safetensors_checkpoint_to_onnx_in_deploy_form(tmp_path, capsys):
+    """tools/export.py with a .safetensors checkpoint (settings from its meta), --reparameterize and a dynamic
+    batch: ONNX Runtime reproduces the eager *training* structure loaded from the same file."""
+    from swtasks.checkpoint import save_weights
+
+    name, overrides = FAMILY_TEST_SIZES["shiftwise"]
+    torch.manual_seed(1)
+    trained = _randomise(swtasks.create_model(name, num_classes=7, **overrides), seed=1)
+    weights = tmp_path / "w.safetensors"
+    meta = {"architecture": name, "num_classes": 7, "overrides": overrides}
+    save_weights(weights, trained.state_dict(), meta)
+    out = tmp_path / "deploy.onnx"
+    rc = _tool([name, out, "--format", "onnx", "--checkpoint", weights, "--reparameterize",
+                "--image-size", SIZE, "--dynamic-batch"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "re-parameterised" in text and "deploy structure" in text and "ONNX opset 20" in text
+    assert "ONNX Runtime" in text and "batches 1, 3: max |diff|" in text
+    eager = swtasks.create_model(name, checkpoint_path=weights, num_classes=7, **overrides).eval()
+    for seed, batch in enumerate((1, 3)):
+        x = _images(batch, seed)
+        with torch.no_grad():
+            assert _relative(_run_onnx(out, x), eager(x)) <= 1e-4
+    assert sorted(os.listdir(tmp_path)) == ["deploy.onnx", "w.safetensors"]  # no temporary left behind
+
+
+def test_training_form_exports_through_the_pytorch_path_and_says_so(tmp_path, capsys):
+    """A ShiftWiseNet created for the Triton custom op: the tool traces its operators' PyTorch path (the
+    program holds standard operators only) and prints that; a plain torch.export keeps the custom op."""
+    name, overrides = FAMILY_TEST_SIZES["shiftwise"]
+    out = tmp_path / "train.pt2"
+    rc = _tool([name, out, "--set", "backend='triton'", "--image-size", SIZE, "--dynamic-batch",
+                *[a for k, v in overrides.items() for a in ("--set", f"{k}={v!r}")]])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "training structure" in text and "PyTorch path" in text and "not the Triton custom op" in text
+    program = torch.export.load(str(out))
+    assert foreign_operators(program) == []
+    torch.manual_seed(0)
+    triton_model = swtasks.create_model(name, backend="triton", **overrides).eval()
+    plain = torch.export.export(triton_model, (_images(2, 0),))
+    assert foreign_operators(plain) == ["swtasks::cross_conv"]
+
+
+def test_custom_operator_is_refused_with_its_name_and_nothing_is_written(tmp_path):
+    from swtasks.ops import triton_cross  # noqa: F401  (registers swtasks::cross_conv_sum)
+
+    class DirectCustomOp(nn.Module):  # calls the custom op itself: no `backend` to switch
+        def __init__(self):
+            super().__init__()
+            self.w_h = nn.Parameter(torch.randn(3, 3, 9))
+            self.w_v = nn.Parameter(torch.randn(3, 9, 3))
+
+        def forward(self, x):
+            return torch.ops.swtasks.cross_conv_sum(x, self.w_h, self.w_v, None, 9)
+
+    with pytest.raises(ExportError, match="swtasks::cross_conv_sum"):
+        export_module(DirectCustomOp(), tmp_path / "m.onnx", image_size=32)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_features_and_the_tolerance_check(tmp_path, capsys):
+    name, overrides = FAMILY_TEST_SIZES["shiftwise"]
+    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v!r}")]
+    out = tmp_path / "feats.pt"
+    assert _tool([name, out, "--features-only", "--image-size", SIZE, "--batch-size", 2, *sets]) == 0
+    assert "TorchScript" in capsys.readouterr().out
+    torch.manual_seed(0)
+    eager = swtasks.create_model(name, features_only=True, **overrides).eval()
+    scripted = torch.jit.load(str(out))
+    eager.load_state_dict(scripted.state_dict())
+    x = _images(2, 0)
+    with torch.no_grad():
+        maps = scripted(x)
+        assert len(maps) == 4 and _relative(maps, eager(x)) <= 1e-4
+
+    # ONNX Runtime and PyTorch differ by float rounding: a tolerance below it fails, and nothing is written
+    rc = _tool([name, tmp_path / "m.onnx", "--image-size", SIZE, "--tolerance", "1e-12", *sets])
+    err = capsys.readouterr().err
+    assert rc == 1 and "differs from the eager model" in err and "nothing written" in err
+    assert os.listdir(tmp_path) == ["feats.pt"]
+
+
+def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
+    assert _tool(["shiftwise_atto", tmp_path / "m.bin"]) == 2
+    assert "cannot tell the export format of" in capsys.readouterr().err
+    assert _tool(["shiftwise_atto", tmp_path / "m.onnx", "--image-size", "16"]) == 2
+    assert "smaller than" in capsys.readouterr().err
+    assert _tool(["shiftwise_nope", tmp_path / "m.onnx"]) == 2
+    assert "unknown model 'shiftwise_nope'" in capsys.readouterr().err
