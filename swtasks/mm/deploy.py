@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
 import os.path as osp
 from collections.abc import Sequence
 
@@ -85,6 +86,11 @@ def reparameterize_checkpoint(
     """Convert ``checkpoint`` (trained with ``config``) to the deploy structure; returns a report dict."""
     from mmengine.config import Config
 
+    if os.fspath(out).endswith(".safetensors"):
+        raise ValueError(
+            f"{out}: the mmengine Runner (tools/test_det.py, load_from) reads .pth checkpoints only; write a .pth "
+            "(tools/export_backbone.py writes backbone weights as .safetensors)"
+        )
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
