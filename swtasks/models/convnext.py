@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 
 from swtasks.checkpoint import CheckpointAdapter
-from swtasks.layers.common import DropPath, LayerNorm, trunc_normal_
+from swtasks.layers.common import DropPath, LayerNorm
 
-from .common import FeatureInfo, as_stage_tuple, check_image_input, checkpoint_block
-from .registry import ModelConfigError, check_overrides, register_family, register_model
+from .four_stage import FourStageNet
+from .registry import check_overrides, register_family, register_model
 
 __all__ = ["CONVNEXT_ARCHS", "CONVNEXT_ADAPTER", "ConvNeXt", "ConvNeXtBlock"]
 
@@ -61,7 +61,7 @@ class ConvNeXtBlock(nn.Module):
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(FourStageNet):
     """ConvNeXt classifier / backbone. Every argument is a create_model override.
 
     Args:
@@ -91,34 +91,16 @@ class ConvNeXt(nn.Module):
         grad_checkpointing: bool = False,
     ):
         super().__init__()
-        depths = tuple(int(d) for d in as_stage_tuple("depths", depths))
-        dims = tuple(int(d) for d in as_stage_tuple("dims", dims))
-        if any(d < 0 for d in depths) or any(d < 1 for d in dims):
-            raise ModelConfigError(f"depths must be >= 0 and dims >= 1, got {depths}, {dims}")
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ModelConfigError(f"in_chans must be a positive int, got {in_chans!r}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ModelConfigError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ModelConfigError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-        out_indices = tuple(int(i) for i in out_indices)
-        if features_only and (not out_indices or len(set(out_indices)) != len(out_indices)
-                              or any(not 0 <= i < 4 for i in out_indices)):
-            raise ModelConfigError(f"out_indices must be distinct stage indices in 0..3, got {out_indices}")
-        self.in_chans, self.num_classes = in_chans, num_classes
-        self.depths, self.dims = depths, dims
-        self.deploy = deploy
-        self.features_only = features_only
-        self.out_indices = out_indices if features_only else (0, 1, 2, 3)
-        self.grad_checkpointing = grad_checkpointing
-        self.total_stride = 32
-        self.num_features = dims[-1]
-
+        rates = self._setup(
+            in_chans=in_chans, num_classes=num_classes, depths=depths, dims=dims, drop_path_rate=drop_path_rate,
+            deploy=deploy, features_only=features_only, out_indices=out_indices,
+            grad_checkpointing=grad_checkpointing,
+        )
+        depths, dims = self.depths, self.dims
         self._before_layers()
         self.downsample_layers = nn.ModuleList([self._stem(in_chans, dims[0])])
         for i in range(3):
             self.downsample_layers.append(self._downsample(i, dims[i], dims[i + 1]))
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist() if sum(depths) else []
         self.stages = nn.ModuleList()
         cur = 0
         for i in range(4):
@@ -127,21 +109,7 @@ class ConvNeXt(nn.Module):
                                 for j in range(depths[i])])
             )
             cur += depths[i]
-        info = [{"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}", "stage": i} for i in range(4)]
-        self.feature_info = FeatureInfo(info[i] for i in self.out_indices)
-        if features_only:
-            for i in self.out_indices:
-                self.add_module(f"norm{i}", LayerNorm(dims[i], eps=1e-6, data_format="channels_first"))
-            self.norm = None
-            self.head = None
-        else:
-            self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-        if isinstance(self.head, nn.Linear):
-            with torch.no_grad():
-                self.head.weight.mul_(head_init_scale)
-                self.head.bias.mul_(head_init_scale)
+        self._build_outputs(head_init_scale)
         self._after_layers()
 
     # ------------------------------------------------------------------------------------ building
@@ -164,79 +132,15 @@ class ConvNeXt(nn.Module):
     def _block(self, stage: int, index: int, dim: int, drop_path: float, layer_scale: float | None) -> nn.Module:
         return ConvNeXtBlock(dim, drop_path, layer_scale)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    # ------------------------------------------------------------------------------------ forward
-    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            for block in self.stages[i]:
-                x = checkpoint_block(block, x)
-            return x
-        return self.stages[i](x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """The last stage's map (B, dims[-1], H/32, W/32); with features_only the list of normalised maps."""
-        check_image_input(x, self.in_chans, self.total_stride)
-        outs = []
-        last = max(self.out_indices) if self.features_only else 3
-        for i in range(last + 1):
-            x = self._run_stage(i, self.downsample_layers[i](x))
-            if self.features_only and i in self.out_indices:
-                outs.append(getattr(self, f"norm{i}")(x))
-        return outs if self.features_only else x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> LayerNorm -> classifier; pre_logits=True stops before the classifier."""
-        if self.features_only:
-            raise RuntimeError("a features_only model has no classification head")
-        x = self.norm(x.mean(dim=(-2, -1)))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        x = self.forward_features(x)
-        return x if self.features_only else self.forward_head(x)
-
-    # ------------------------------------------------------------------------------------ protocol
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
-        if self.features_only:
-            raise RuntimeError("a features_only model has no classifier")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        ref = self.norm.weight
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights(head)
-        self.head = head.to(device=ref.device, dtype=ref.dtype)
-        self.num_classes = num_classes
-        for attr in ("pretrained_cfg", "default_cfg"):
-            cfg = getattr(self, attr, None)
-            if isinstance(cfg, dict):
-                cfg["num_classes"] = num_classes
-
     def no_weight_decay(self) -> set[str]:
         """Parameters without weight decay: every one with fewer than two dimensions (biases, LayerNorm
         weights, the layer scales ``gamma``) and every ``gamma`` (KW ConvNeXt keeps them as (1, C, 1, 1))."""
         return {n for n, p in self.named_parameters() if p.dim() < 2 or n.endswith((".bias", ".gamma"))}
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing per block (torch.utils.checkpoint, use_reentrant=False) while grad is
-        enabled; outputs and gradients equal the plain forward's (drop-path masks are replayed)."""
-        self.grad_checkpointing = bool(enable)
-
     def reparameterize(self) -> ConvNeXt:
         """No deploy form: a no-op returning self (ConvNeXt has no training-only branches to fold)."""
         return self
 
-    def extra_repr(self) -> str:
-        return f"depths={self.depths}, dims={self.dims}, features_only={self.features_only}"
 
 
 # ------------------------------------------------------------------------------------------------------
