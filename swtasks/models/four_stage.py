@@ -15,12 +15,27 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from swtasks.layers.common import GRN, LayerNorm, ToChannelsFirst, bn_scale_shift, trunc_normal_
+from swtasks.layers.common import (
+    GRN,
+    DropPath,
+    LayerNorm,
+    SEBlock,
+    ToChannelsFirst,
+    ToChannelsLast,
+    bn_scale_shift,
+    trunc_normal_,
+)
 
 from .common import FeatureInfo, as_stage_tuple, check_image_input, checkpoint_block
 from .registry import ModelConfigError
 
-__all__ = ["FourStageNet", "fold_pointwise_tail", "unireplknet_downsample_layers"]
+__all__ = [
+    "FourStageNet",
+    "build_pointwise_tail",
+    "fold_pointwise_tail",
+    "pointwise_tail",
+    "unireplknet_downsample_layers",
+]
 
 
 def unireplknet_downsample_layers(in_chans: int, dims: Sequence[int]) -> nn.ModuleList:
@@ -48,6 +63,35 @@ def unireplknet_downsample_layers(in_chans: int, dims: Sequence[int]) -> nn.Modu
 # ------------------------------------------------------------------------------------------------------
 # the pointwise tail fold, shared by ShiftWiseBlock and UniRepLKNetBlock
 # ------------------------------------------------------------------------------------------------------
+
+
+def build_pointwise_tail(
+    block: nn.Module, dim: int, ffn_factor: float, layer_scale_init_value: float | None, drop_path: float,
+    deploy: bool,
+) -> None:
+    """Give ``block`` the UniRepLKNet block's tail after its token mixer and norm: ``se`` (SE, C -> C/4),
+    ``pwconv1`` (channels last, Linear C -> ffn), ``act`` (GELU, GRN), ``pwconv2`` (Linear ffn -> C without
+    bias, channels first, BatchNorm; deploy: Linear with bias), ``gamma`` (layer scale or None) and
+    ``drop_path`` - the published module names of ShiftWiseNet's and UniRepLKNet's blocks."""
+    block.se = SEBlock(dim, dim // 4)
+    ffn_dim = int(ffn_factor * dim)
+    block.pwconv1 = nn.Sequential(ToChannelsLast(), nn.Linear(dim, ffn_dim))
+    block.act = nn.Sequential(nn.GELU(), GRN(ffn_dim, use_bias=not deploy))
+    if deploy:
+        block.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim), ToChannelsFirst())
+    else:
+        block.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim, bias=False), ToChannelsFirst(), nn.BatchNorm2d(dim))
+    use_ls = (not deploy) and layer_scale_init_value is not None and layer_scale_init_value > 0
+    block.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim)) if use_ls else None
+    block.drop_path = DropPath(drop_path)
+
+
+def pointwise_tail(block: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The residual branch after the mixer and norm: drop_path(gamma * pwconv2(act(pwconv1(se(y)))))."""
+    y = block.pwconv2(block.act(block.pwconv1(block.se(y))))
+    if block.gamma is not None:
+        y = block.gamma.view(1, -1, 1, 1) * y
+    return block.drop_path(y)
 
 
 @torch.no_grad()

@@ -47,17 +47,18 @@ import torch.nn as nn
 
 from swtasks.layers import ShiftWiseConv2d
 from swtasks.layers.common import (
-    GRN,
-    DropPath,
-    SEBlock,
-    ToChannelsFirst,
-    ToChannelsLast,
     bn_scale_shift,
     trunc_normal_,
 )
 
 from .common import as_stage_tuple
-from .four_stage import FourStageNet, fold_pointwise_tail, unireplknet_downsample_layers
+from .four_stage import (
+    FourStageNet,
+    build_pointwise_tail,
+    fold_pointwise_tail,
+    pointwise_tail,
+    unireplknet_downsample_layers,
+)
 from .registry import ModelConfigError, check_overrides, register_family, register_model
 from .shiftwise_official import SHIFTWISE_ADAPTER
 
@@ -119,17 +120,7 @@ class ShiftWiseBlock(nn.Module):
             self.norm = GhostChannelAffine(ghosts) if ghosts > 0 else nn.Identity()
         else:
             self.norm = nn.BatchNorm2d(dim)
-        self.se = SEBlock(dim, dim // 4)
-        ffn_dim = int(ffn_factor * dim)
-        self.pwconv1 = nn.Sequential(ToChannelsLast(), nn.Linear(dim, ffn_dim))
-        self.act = nn.Sequential(nn.GELU(), GRN(ffn_dim, use_bias=not deploy))
-        if deploy:
-            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim), ToChannelsFirst())
-        else:
-            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim, bias=False), ToChannelsFirst(), nn.BatchNorm2d(dim))
-        use_ls = (not deploy) and layer_scale_init_value is not None and layer_scale_init_value > 0
-        self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim)) if use_ls else None
-        self.drop_path = DropPath(drop_path)
+        build_pointwise_tail(self, dim, ffn_factor, layer_scale_init_value, drop_path, deploy)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         y = self.large_kernel(x)
@@ -137,10 +128,7 @@ class ShiftWiseBlock(nn.Module):
             y = self.norm(y, self.large_kernel.ghost_idx)
         else:
             y = self.norm(y)
-        y = self.pwconv2(self.act(self.pwconv1(self.se(y))))
-        if self.gamma is not None:
-            y = self.gamma.view(1, -1, 1, 1) * y
-        return self.drop_path(y)
+        return pointwise_tail(self, y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.residual(x)

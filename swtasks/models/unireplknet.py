@@ -46,17 +46,16 @@ import torch
 import torch.nn as nn
 
 from swtasks.checkpoint import CheckpointAdapter
-from swtasks.layers.common import (
-    GRN,
-    DropPath,
-    SEBlock,
-    ToChannelsFirst,
-    ToChannelsLast,
-)
 from swtasks.layers.dilated_reparam import DRB_BRANCHES, DilatedReparamBlock, fuse_conv_bn
 
 from .common import as_stage_tuple
-from .four_stage import FourStageNet, fold_pointwise_tail, unireplknet_downsample_layers
+from .four_stage import (
+    FourStageNet,
+    build_pointwise_tail,
+    fold_pointwise_tail,
+    pointwise_tail,
+    unireplknet_downsample_layers,
+)
 from .registry import ModelConfigError, check_overrides, register_family, register_model
 
 __all__ = [
@@ -101,23 +100,10 @@ class UniRepLKNetBlock(nn.Module):
                 f", got {kernel_size!r}"
             )
         self.norm = nn.Identity() if deploy or kernel_size == 0 else nn.BatchNorm2d(dim)
-        self.se = SEBlock(dim, dim // 4)
-        ffn_dim = int(ffn_factor * dim)
-        self.pwconv1 = nn.Sequential(ToChannelsLast(), nn.Linear(dim, ffn_dim))
-        self.act = nn.Sequential(nn.GELU(), GRN(ffn_dim, use_bias=not deploy))
-        if deploy:
-            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim), ToChannelsFirst())
-        else:
-            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim, bias=False), ToChannelsFirst(), nn.BatchNorm2d(dim))
-        use_ls = (not deploy) and layer_scale_init_value is not None and layer_scale_init_value > 0
-        self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim)) if use_ls else None
-        self.drop_path = DropPath(drop_path)
+        build_pointwise_tail(self, dim, ffn_factor, layer_scale_init_value, drop_path, deploy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pwconv2(self.act(self.pwconv1(self.se(self.norm(self.dwconv(x))))))
-        if self.gamma is not None:
-            y = self.gamma.view(1, -1, 1, 1) * y
-        return x + self.drop_path(y)
+        return x + pointwise_tail(self, self.norm(self.dwconv(x)))
 
     @torch.no_grad()
     def reparameterize(self) -> None:

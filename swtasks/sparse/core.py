@@ -172,6 +172,27 @@ def reset_optimizer_state(
                 value.mul_(keep.to(device=value.device, dtype=value.dtype))
 
 
+def check_schedule(
+    sparsity: float, total_steps: int | None, update_interval: int | None, prune_rate: float,
+    final_prune_rate: float, dense_threshold: float,
+) -> None:
+    """ValueError naming the first bad setting of a dynamic-sparsity schedule (shared by every method)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    if update_interval is not None and (not isinstance(update_interval, int) or update_interval <= 0):
+        raise ValueError(f"update_interval must be a positive int or None, got {update_interval!r}")
+    if update_interval is not None and (not isinstance(total_steps, int) or total_steps <= 0):
+        raise ValueError(
+            f"total_steps must be a positive int when update_interval is set (the prune rate decays over it), "
+            f"got {total_steps!r}"
+        )
+    for arg, value in (("prune_rate", prune_rate), ("final_prune_rate", final_prune_rate)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{arg} must be in [0, 1], got {value!r}")
+    if not 0.0 < dense_threshold <= 1.0:
+        raise ValueError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
+
+
 class KernelSparsity:
     """Dynamic per-small-kernel sparsity of a model's ShiftWiseConv2d layers (see the module docstring).
 
@@ -205,21 +226,9 @@ class KernelSparsity:
         dense_threshold: float = 0.99,
         seed: int = 0,
     ):
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-        for arg, value in (("update_interval", update_interval), ("align_interval", align_interval)):
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{arg} must be a positive int or None, got {value!r}")
-        if update_interval is not None and (not isinstance(total_steps, int) or total_steps <= 0):
-            raise ValueError(
-                f"total_steps must be a positive int when update_interval is set (the prune rate decays "
-                f"over it), got {total_steps!r}"
-            )
-        for arg, value in (("prune_rate", prune_rate), ("final_prune_rate", final_prune_rate)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{arg} must be in [0, 1], got {value!r}")
-        if not 0.0 < dense_threshold <= 1.0:
-            raise ValueError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
+        check_schedule(sparsity, total_steps, update_interval, prune_rate, final_prune_rate, dense_threshold)
+        if align_interval is not None and (not isinstance(align_interval, int) or align_interval <= 0):
+            raise ValueError(f"align_interval must be a positive int or None, got {align_interval!r}")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module  # score and name layers on the plain module (checkpoint names)
         self.model = model

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .core import KernelSparsity, _split_batch, _unwrap_optimizers, reset_optimizer_state
+from .core import KernelSparsity, _split_batch, _unwrap_optimizers, check_schedule, reset_optimizer_state
 
 __all__ = [
     "MASK_SUFFIX",
@@ -254,24 +254,11 @@ class UnstructuredSparsity:
         align_interval: int | None = None,
         seed: int = 0,
     ):
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-        if update_interval is not None and (not isinstance(update_interval, int) or update_interval <= 0):
-            raise ValueError(f"update_interval must be a positive int or None, got {update_interval!r}")
-        if update_interval is not None and (not isinstance(total_steps, int) or total_steps <= 0):
-            raise ValueError(
-                f"total_steps must be a positive int when update_interval is set (the prune rate decays over it), "
-                f"got {total_steps!r}"
-            )
-        for arg, value in (("prune_rate", prune_rate), ("final_prune_rate", final_prune_rate)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{arg} must be in [0, 1], got {value!r}")
+        check_schedule(sparsity, total_steps, update_interval, prune_rate, final_prune_rate, dense_threshold)
         if init not in ("snip", "erk", "uniform"):
             raise ValueError(f"init must be 'snip', 'erk' or 'uniform', got {init!r}")
         if align_interval is not None:
             raise ValueError("align_interval: unstructured sparsity has no paths to align; give None")
-        if not 0.0 < dense_threshold <= 1.0:
-            raise ValueError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         self.model = model
