@@ -39,26 +39,37 @@ from .registry import check_overrides, register_family, register_model
 __all__ = ["CONVNEXT_ARCHS", "CONVNEXT_ADAPTER", "ConvNeXt", "ConvNeXtBlock"]
 
 
+def build_convnext_tail(block: nn.Module, dim: int, drop_path: float, layer_scale_init_value: float | None) -> None:
+    """The ConvNeXt block after its depthwise mixer (published names, shared with SLaK's block): ``norm``
+    (LayerNorm, channels last), ``pwconv1`` (Linear C -> 4C), ``act`` (GELU), ``pwconv2`` (Linear 4C -> C),
+    ``gamma`` (layer scale or None), ``drop_path``."""
+    block.norm = LayerNorm(dim, eps=1e-6)
+    block.pwconv1 = nn.Linear(dim, 4 * dim)
+    block.act = nn.GELU()
+    block.pwconv2 = nn.Linear(4 * dim, dim)
+    use_ls = layer_scale_init_value is not None and layer_scale_init_value > 0
+    block.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim)) if use_ls else None
+    block.drop_path = DropPath(drop_path)
+
+
+def convnext_tail(block: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + drop_path(gamma * pwconv2(act(pwconv1(norm(y))))) for the mixer's output y (NCHW)."""
+    y = block.pwconv2(block.act(block.pwconv1(block.norm(y.permute(0, 2, 3, 1)))))
+    if block.gamma is not None:
+        y = block.gamma * y
+    return x + block.drop_path(y.permute(0, 3, 1, 2))
+
+
 class ConvNeXtBlock(nn.Module):
     """dwconv 7x7 -> LayerNorm -> Linear C->4C -> GELU -> Linear 4C->C -> layer scale -> drop path, + input."""
 
     def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float | None = 1e-6):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(4 * dim, dim)
-        use_ls = layer_scale_init_value is not None and layer_scale_init_value > 0
-        self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim)) if use_ls else None
-        self.drop_path = DropPath(drop_path)
+        build_convnext_tail(self, dim, drop_path, layer_scale_init_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
-        if self.gamma is not None:
-            y = self.gamma * y
-        return x + self.drop_path(y.permute(0, 3, 1, 2))
+        return convnext_tail(self, x, self.dwconv(x))
 
 
 class ConvNeXt(FourStageNet):

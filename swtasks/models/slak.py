@@ -41,11 +41,12 @@ import torch
 import torch.nn as nn
 
 from swtasks.checkpoint import CheckpointAdapter
-from swtasks.layers.common import DropPath, LayerNorm
+from swtasks.layers.common import LayerNorm
 from swtasks.layers.decomposed import DecomposedLargeKernelConv
 from swtasks.sparse.unstructured import MASK_SUFFIX, accept_weight_masks
 
 from .common import as_stage_tuple
+from .convnext import build_convnext_tail, convnext_tail
 from .four_stage import FourStageNet
 from .registry import ModelConfigError, check_overrides, register_family, register_model
 
@@ -66,20 +67,10 @@ class SLaKBlock(nn.Module):
     ):
         super().__init__()
         self.large_kernel = DecomposedLargeKernelConv(dim, kernel_size, small_kernel, deploy=deploy)
-        self.norm = LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(4 * dim, dim)
-        use_ls = layer_scale_init_value is not None and layer_scale_init_value > 0
-        self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(dim)) if use_ls else None
-        self.drop_path = DropPath(drop_path)
+        build_convnext_tail(self, dim, drop_path, layer_scale_init_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.large_kernel(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
-        if self.gamma is not None:
-            y = self.gamma * y
-        return x + self.drop_path(y.permute(0, 3, 1, 2))
+        return convnext_tail(self, x, self.large_kernel(x))
 
     def reparameterize(self) -> None:
         """Merge the large kernel's branches and BatchNorms (see DecomposedLargeKernelConv)."""
