@@ -185,6 +185,8 @@ class ClassificationModule(L.LightningModule):
         if self.weights_report:
             rank_zero_info(self.weights_report)
         self._frozen = finetune.freeze_stages(net, freeze_stages)
+        for m in frozen_modules(net, self._frozen):
+            m.eval()  # Lightning keeps the modes it finds (and warns about eval modules: intended here)
         self.num_classes = num_classes
         self.data_config = data_config(net if hasattr(net, "pretrained_cfg") else None)
         if channels_last:
