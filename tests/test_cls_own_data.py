@@ -74,7 +74,7 @@ def test_lr_is_scaled_by_the_real_total_batch(tmp_path, monkeypatch, capsys):
 def test_lr_find_prints_a_suggestion_and_a_plot(tmp_path, monkeypatch, capsys):
     folder = write_image_folder(str(tmp_path / "d"), num_classes=3, train_per_class=8, val_per_class=2)
     out = run(
-        ["fit", "--lr_find", "true", "--model.backbone", "shiftwise_atto", "--model.num_classes", "3",
+        ["fit", "--lr_find", "--model.backbone", "shiftwise_atto", "--model.num_classes", "3",
          "--model.backbone_kwargs", json.dumps(TINY), "--data.root", folder, "--data.image_size", "32",
          "--data.batch_size", "4", *quiet(tmp_path)],
         monkeypatch, capsys,

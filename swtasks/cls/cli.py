@@ -77,9 +77,11 @@ class ClassificationCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "fit":
+            from jsonargparse import ActionYesNo
+
             parser.add_argument(
                 "--lr_find",
-                type=bool,
+                action=ActionYesNo,
                 default=False,
                 help="Run Lightning's learning-rate range test instead of training: print the suggested "
                 "model.lr and write lr_find.png to the default_root_dir.",
