@@ -38,6 +38,7 @@ def quiet(root) -> list[str]:
 SHOW_EPOCHS, SHOW_TOP1 = 15, 0.55  # measured: 65% (2 threads)
 
 
+@pytest.mark.slow
 def test_defaults_learn_a_small_shapes_dataset(tmp_path, monkeypatch, capsys):
     """600 training images of 10 shapes at 32 px, only the options a new user must give (backbone, classes,
     folder, image and batch size, epochs; one block per stage for the test's time): top-1 >= 55% on 100

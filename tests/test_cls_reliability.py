@@ -107,6 +107,7 @@ def uninterrupted(folder, tmp_path_factory):
     return state_of(root / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(folder, tmp_path, uninterrupted):
     """SIGKILL at the start of step 9 (epoch 2, its 3rd batch): last.ckpt is from step 8, mid-epoch. The
     resumed run ends with the uninterrupted run's weights, EMA, sparsity masks, optimiser, lr schedule and
@@ -266,6 +267,7 @@ def test_nonfinite_loss_skip_mode_skips_the_batch(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ DDP
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_of_the_same_global_batch(folder, tmp_path):
     """2 processes x batch 4 (gloo, all-reduce BatchNorm) against 1 process x batch 8, 6 steps: the same
     samples per step (the sampler interleaves the ranks), the same BatchNorm statistics and the mean
