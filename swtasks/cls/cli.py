@@ -14,6 +14,7 @@ The data module gets the backbone's data config through a link (``model.backbone
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -104,6 +105,13 @@ class ClassificationCLI(LightningCLI):
             return
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        else:  # options this version no longer has (e.g. model.pretrained, now model.weights) are dropped
+            accepted = inspect.signature(ClassificationModule.__init__).parameters
+            dropped = sorted(k for k in hparams if k not in accepted)
+            for k in dropped:
+                hparams.pop(k)
+            if dropped:
+                print(f"{path}: ignoring model options this version does not have: {', '.join(dropped)}", file=sys.stderr)
         self._hparams_from = str(path)
         try:
             self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
