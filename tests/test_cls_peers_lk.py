@@ -35,6 +35,7 @@ def test_published_recipe_values_and_one_step(recipe, folder, tmp_path, monkeypa
     t, m, d = cfg["trainer"], cfg["model"], cfg["data"]
     assert int(t["devices"]) * t["num_nodes"] * d["batch_size"] * t["accumulate_grad_batches"] == 4096
     assert (t["max_epochs"], m["lr"], m["weight_decay"], m["warmup_epochs"], m["min_lr"]) == (300, 4e-3, 0.05, 20, 1e-6)
+    assert m["base_batch_size"] == 4096  # the lr is stated for the published total batch
     assert (m["backbone"], m["drop_path_rate"], m["ema_decay"]) == (want["backbone"], want["drop_path_rate"],
                                                                   want["ema_decay"])
     assert (m["label_smoothing"], m["mixup_alpha"], m["cutmix_alpha"], m["switch_prob"]) == (0.1, 0.8, 1.0, 0.5)

@@ -158,38 +158,49 @@ def test_scan_split_errors(tmp_path):
         scan_split(tmp_path / "train", "training")
 
 
-class _FakeModule:
-    def __init__(self, n):
-        self.num_classes = n
-        self.data_config = {"input_size": (3, 16, 16), "crop_pct": 1.0, "interpolation": "bilinear"}
-
-
-class _FakeTrainer:
-    def __init__(self, n):
-        self.lightning_module = _FakeModule(n)
-
-
-def _dm(root, n=2, **kw):
-    dm = ImageClassificationDataModule(root=str(root), num_workers=0, batch_size=2, **kw)
-    dm.trainer = _FakeTrainer(n)
-    return dm
+def _dm(root, **kw):
+    cfg = {"input_size": (3, 16, 16), "crop_pct": 1.0, "interpolation": "bilinear"}
+    return ImageClassificationDataModule(root=str(root), num_workers=0, batch_size=2, data_config=cfg, **kw)
 
 
 def test_datamodule_folder_checks(tmp_path):
+    from swtasks.cls import ClassificationModule
+
     with pytest.raises(DataNotFoundError, match="missing"):
         _dm(tmp_path / "missing").setup("fit")
     synthetic.write_image_folder(str(tmp_path / "ok"), num_classes=2, train_per_class=2, val_per_class=1, image_size=16)
     dm = _dm(tmp_path / "ok")
     dm.setup("fit")
     assert dm.classes == ["class_0", "class_1"] and len(dm.train_set) == 4
-    assert dm.val_set[0][0].shape == (3, 16, 16)  # eval crop from the model's data config
+    assert dm.val_set[0][0].shape == (3, 16, 16)  # eval crop from the given data config
+    assert dm.resolved_config()["interpolation"] == "bilinear"
+    # the module checks the class count and the image size against its backbone
+    module = ClassificationModule("shiftwise_atto", num_classes=3, backbone_kwargs=TINY)
     with pytest.raises(InputError, match=r"model.num_classes=3 but .*train has 2 classes"):
-        _dm(tmp_path / "ok", n=3).setup("fit")
+        module._check_data(dm)
+    module = ClassificationModule("shiftwise_atto", num_classes=2, backbone_kwargs=TINY)
+    with pytest.raises(InputError, match=r"data.image_size=16 is smaller than the total stride 32"):
+        module._check_data(dm)
     _png(tmp_path / "ok" / "val" / "class_9" / "x.png")
     with pytest.raises(InputError, match=r"class folders differ.*only in val: \['class_9'\]"):
         _dm(tmp_path / "ok").setup("fit")
     with pytest.raises(InputError, match="data.dataset"):
         ImageClassificationDataModule(dataset="imagenet21k")
+    with pytest.raises(InputError, match=r"data.image_size: image_size 16 is too small .*longrange.* 20 px"):
+        ImageClassificationDataModule(dataset="longrange", image_size=16)
+
+
+def test_data_defaults_have_one_home():
+    """The data module's defaults are the registry's data config (no second copy of mean/std/crop)."""
+    from swtasks.models.registry import DEFAULT_DATA_CONFIG, get_data_config
+
+    dm = ImageClassificationDataModule(root="unused")
+    got = dm.resolved_config()
+    assert got["mean"] == DEFAULT_DATA_CONFIG["mean"] and got["std"] == DEFAULT_DATA_CONFIG["std"]
+    assert (got["crop_pct"], got["interpolation"]) == (DEFAULT_DATA_CONFIG["crop_pct"], DEFAULT_DATA_CONFIG["interpolation"])
+    assert got["image_size"] == DEFAULT_DATA_CONFIG["input_size"][-1]
+    linked = ImageClassificationDataModule(root="unused", data_config=get_data_config("shiftwise_atto"), crop_pct=0.9)
+    assert linked.resolved_config()["crop_pct"] == 0.9  # an explicit data.* value wins
 
 
 def test_corrupt_image_policy(tmp_path):
@@ -237,31 +248,27 @@ def test_unknown_backbone_is_input_error():
         ClassificationModule("shiftwise_atto", backbone_kwargs={"kernel_sizez": 3})
 
 
-class _FakeStrategy:
-    def __init__(self, device):
-        self.root_device = torch.device(device)
-
-
-class _DistTrainer:
-    def __init__(self, world_size, device):
-        self.world_size, self.strategy = world_size, _FakeStrategy(device)
-
-
-@pytest.mark.parametrize("world, device, converted", [(2, "cuda", True), (1, "cuda", False), (2, "cpu", False)])
-def test_sync_batchnorm_conversion_when_distributed(world, device, converted, recwarn):
+@pytest.mark.parametrize("device, kind", [("cuda", nn.SyncBatchNorm), ("cpu", "AllReduceBatchNorm")])
+def test_sync_batchnorm_conversion(device, kind):
+    """BatchNorm -> torch's SyncBatchNorm on GPUs, the all-reduce BatchNorm on CPU (gloo); parameters and
+    buffers are the same objects, so the optimiser and the EMA (plain BN) stay aligned."""
     from swtasks.cls import ClassificationModule
+    from swtasks.cls.syncbn import AllReduceBatchNorm, convert_sync_batchnorm
 
+    kind = AllReduceBatchNorm if kind == "AllReduceBatchNorm" else kind
     m = ClassificationModule("shiftwise_atto", num_classes=3, backbone_kwargs=TINY, ema_decay=0.9)
-    m._trainer = _DistTrainer(world, device)
-    m.setup("fit")
-    n_sync = sum(isinstance(x, nn.SyncBatchNorm) for x in m.backbone.modules())
-    n_bn = sum(isinstance(x, nn.BatchNorm2d) for x in m.backbone.modules())
-    if converted:
-        assert n_sync > 0 and n_bn == 0
-        # the EMA copy (evaluation only) keeps plain BN; names stay aligned so the EMA still updates
-        assert dict(m.backbone.named_parameters()).keys() == dict(m.ema.module.named_parameters()).keys()
-        m.ema.update(m.backbone)
-    else:
-        assert n_sync == 0 and n_bn > 0
-    if device == "cpu" and world > 1:
-        assert any("SyncBatchNorm needs GPUs" in str(w.message) for w in recwarn)
+    params = dict(m.backbone.named_parameters())
+    bufs = {k: v for k, v in m.backbone.named_buffers() if "running" in k}
+    m.backbone = convert_sync_batchnorm(m.backbone, torch.device(device))
+    assert sum(isinstance(x, kind) for x in m.backbone.modules()) == 20
+    assert not any(type(x) is nn.BatchNorm2d for x in m.backbone.modules())
+    assert all(p is params[n] for n, p in m.backbone.named_parameters())
+    assert all(b is bufs[n] for n, b in m.backbone.named_buffers() if "running" in n)
+    assert dict(m.backbone.named_parameters()).keys() == dict(m.ema.module.named_parameters()).keys()
+    m.ema.update(m.backbone)
+    # without a process group the all-reduce BatchNorm is plain BatchNorm
+    if device == "cpu":
+        ref = nn.BatchNorm2d(5)
+        ab = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(5)), torch.device("cpu"))[0]
+        x = torch.randn(4, 5, 3, 3)
+        assert torch.equal(ab(x), ref(x)) and torch.equal(ab.running_var, ref.running_var)

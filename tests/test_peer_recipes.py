@@ -45,6 +45,7 @@ def test_recipe_values_and_one_step(name, folder, tmp_path, monkeypatch, capsys)
     cfg = yaml.safe_load(capsys.readouterr().out)
     t, m, d = cfg["trainer"], cfg["model"], cfg["data"]
     assert int(t["devices"]) * t["num_nodes"] * d["batch_size"] * t["accumulate_grad_batches"] == 4096
+    assert m["base_batch_size"] == 4096  # the lr is stated for the published total batch
     got = (m["backbone"], m["lr"], m["weight_decay"], m["warmup_epochs"], m["drop_path_rate"], m["ema_decay"])
     assert got == expected
     assert (t["max_epochs"], m["min_lr"], m["label_smoothing"], m["mixup_alpha"], m["cutmix_alpha"]) == (

@@ -74,6 +74,7 @@ def train_one(kernel_sizes, args, seed: int) -> dict:
             **({} if args.layer_scale is None else {"layer_scale_init_value": args.layer_scale}),
         },  # fmt: skip
         lr=args.lr,
+        base_batch_size=None,  # --lr is the lr the run uses (not stated per a base batch)
         warmup_epochs=0.25,
         min_lr=1e-5,
         label_smoothing=0.0,

@@ -8,16 +8,17 @@
 Imports lightning (unlike swtasks.models), so `import swtasks` does not import this package.
 """
 
-from .callbacks import LearningCurves, PredictionWriter, SparseTraining, StepSchedule
+from .callbacks import Checkpoint, LearningCurves, PredictionWriter, SparseTraining, StepSchedule
 from .data import ImageClassificationDataModule
 from .ema import ModelEMA
-from .errors import DataNotFoundError, InputError
+from .errors import DataNotFoundError, InputError, NonFiniteLossError
 from .io import AtomicCheckpointIO
 from .mix import MixUpCutMix, soft_target_cross_entropy
 from .module import ClassificationModule
 
 __all__ = [
     "AtomicCheckpointIO",
+    "Checkpoint",
     "ClassificationModule",
     "DataNotFoundError",
     "ImageClassificationDataModule",
@@ -25,6 +26,7 @@ __all__ = [
     "LearningCurves",
     "MixUpCutMix",
     "ModelEMA",
+    "NonFiniteLossError",
     "PredictionWriter",
     "SparseTraining",
     "StepSchedule",

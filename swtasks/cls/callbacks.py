@@ -1,4 +1,5 @@
-"""Lightning callbacks: sparse training, per-step schedules, learning-curve plot, prediction CSV."""
+"""Lightning callbacks: checkpoints for resuming, sparse training, per-step schedules, learning-curve plot,
+prediction CSV and contact sheet."""
 
 from __future__ import annotations
 
@@ -10,12 +11,20 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .errors import InputError
+from .errors import InputError, NonFiniteLossError
 
-__all__ = ["LearningCurves", "PredictionWriter", "SparseTraining", "StepSchedule", "steps_per_epoch"]
+__all__ = [
+    "Checkpoint",
+    "LearningCurves",
+    "PredictionWriter",
+    "SparseTraining",
+    "StepSchedule",
+    "steps_per_epoch",
+]
 
 
 def steps_per_epoch(trainer: L.Trainer) -> int:
@@ -31,7 +40,135 @@ def _backbone(pl_module: L.LightningModule) -> torch.nn.Module:
     return getattr(pl_module, "backbone", pl_module)
 
 
+# ---------------------------------------------------------------------------------------------- checkpoints
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (best by a metric, ``last.ckpt``) plus what resuming needs:
+
+    - ``save_last_every_n_steps``: also refresh ``last.ckpt`` every N optimiser steps, so a run killed
+      mid-epoch resumes from a recent step (exactly: the data position, RNG, EMA and schedules are in it);
+    - ``save_on_sigterm``: on SIGTERM (a scheduler's time limit, ``kill``), Lightning stops after the current
+      step and this writes ``last.ckpt`` before the process exits;
+    - a non-finite loss (``model.nonfinite_loss=stop``) writes ``nonfinite-step<N>.ckpt``, the last good
+      state (the weights before the failing step; resuming from it skips that batch), and names it in the
+      error;
+    - ``last.ckpt`` is refreshed at the end of every epoch (Lightning's ModelCheckpoint only refreshes it
+      when a top-k checkpoint was written, so an epoch without a better metric left it behind).
+    """
+
+    def __init__(self, *args, save_last_every_n_steps: int | None = None, save_on_sigterm: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if save_last_every_n_steps is not None and save_last_every_n_steps < 1:
+            raise InputError(f"checkpoint.save_last_every_n_steps must be >= 1 or null, got {save_last_every_n_steps}")
+        self.save_last_every_n_steps = save_last_every_n_steps
+        self.save_on_sigterm = save_on_sigterm
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.save_last_every_n_steps
+        if not n or not self.save_last or trainer.global_step % n or self._should_skip_saving_checkpoint(trainer):
+            return
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            return  # the step counter stands still between accumulated batches
+        saved = self._last_global_step_saved
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = saved  # the epoch's best/last saving at validation end still happens
+
+    def _refresh_last(self, trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        if isinstance(exception, SIGTERMException) and self.save_on_sigterm and self.save_last:
+            if self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            rank_zero_info(f"SIGTERM: saved {self.last_model_path}; resume with --ckpt_path last")
+        elif isinstance(exception, NonFiniteLossError):
+            path = os.path.join(self.dirpath or trainer.default_root_dir, f"nonfinite-step{trainer.global_step:06d}.ckpt")
+            trainer.save_checkpoint(path)
+            exception.checkpoint = path
+
+
 # ---------------------------------------------------------------------------------------------- sparse
+class SlurmRequeue(Callback):
+    """SLURM's pre-emption signal handled at a step boundary: exact resumption after a requeue.
+
+    Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``) writes ``hpc_ckpt_<n>.ckpt`` inside
+    the signal handler, i.e. wherever the step happens to be: with gradient accumulation the batches
+    already accumulated into the interrupted step are lost on resume (the data position says they were
+    consumed, the weights never saw them). The CLI therefore turns Lightning's handler off under SLURM
+    and installs this callback instead: the signal (``#SBATCH --signal=SIGUSR1@90``) only sets a flag; after
+    the next optimiser step (all ranks agree on which) ``hpc_ckpt_<n>.ckpt`` is written (atomically, with
+    the data position, RNG, EMA and schedules), rank 0 calls ``scontrol requeue $SLURM_JOB_ID`` and the
+    fit stops. The job script resumes from the newest of ``hpc_ckpt_*.ckpt`` and ``last.ckpt``.
+    """
+
+    def __init__(self, signum: int | None = None):
+        import signal
+
+        self.signum = signal.SIGUSR1 if signum is None else signum
+        self._flag = False
+        self._previous = None
+        self._last_step = -1
+
+    def _handler(self, signum, frame) -> None:
+        self._flag = True  # acted on at the next optimiser step (see on_train_batch_end)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import signal
+        import threading
+
+        self._last_step = trainer.global_step
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(self.signum, self._handler)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last_step:
+            return  # inside an accumulation window: the step is not complete yet
+        self._last_step = trainer.global_step
+        if not trainer.strategy.reduce_boolean_decision(self._flag, all=False):
+            return
+        self._flag = False
+        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"SLURM pre-emption signal: saved {path} at optimiser step {trainer.global_step}")
+        if trainer.is_global_zero:
+            self._requeue()
+        trainer.should_stop = True
+
+    @staticmethod
+    def _requeue() -> None:
+        import subprocess
+
+        job = os.environ.get("SLURM_JOB_ID")
+        if os.environ.get("SLURM_ARRAY_JOB_ID") is not None:
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if not job:
+            rank_zero_info("SLURM pre-emption signal outside a SLURM job: not requeued")
+            return
+        result = subprocess.call(["scontrol", "requeue", job])
+        rank_zero_info(f"requeue of SLURM job {job}: {'done' if result == 0 else f'failed (exit {result})'}")
+
+
 class SparseTraining(Callback):
     """Dynamic sparse training: ``method='kernel'`` (default) is the shift-wise operator's per-small-kernel
     sparsity (``swtasks.sparse.KernelSparsity``), ``method='unstructured'`` SLaK's per-weight sparsity of the
@@ -90,6 +227,10 @@ class SparseTraining(Callback):
         if self._pending is not None:
             self.sparsity.load_state_dict(self._pending)
             self._pending = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # here, not in on_fit_start: Lightning restores global_step from a checkpoint in between, and a
+        # stale value would count a resumed run's first accumulated batch as an optimiser step
         self._last_step = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -313,32 +454,83 @@ class LearningCurves(Callback):
 
 # ---------------------------------------------------------------------------------------------- predict
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predictions.csv`` (file, top-1 class, top-k classes and probabilities) after ``predict``."""
+    """Writes ``predictions.csv`` (file, top-1 class, top-k classes and probabilities) after ``predict``, and
+    optionally a contact sheet (``swtasks.cls.contact_sheet``): the first ``sheet_images`` images in a grid
+    of ``sheet_columns`` columns with their top-3 classes and probabilities.
 
-    def __init__(self, output: str | None = None):
+    Args:
+        output: the CSV path (default ``<default_root_dir>/predictions.csv``).
+        contact_sheet: ``true`` writes ``contact_sheet.png`` next to the CSV; a string is the PNG path.
+        sheet_images, sheet_columns, sheet_thumb: images on the sheet, columns, thumbnail size in pixels.
+    """
+
+    def __init__(
+        self,
+        output: str | None = None,
+        contact_sheet: bool | str = False,
+        sheet_images: int = 64,
+        sheet_columns: int = 8,
+        sheet_thumb: int = 128,
+    ):
         super().__init__(write_interval="epoch")
+        if sheet_images < 1 or sheet_columns < 1 or sheet_thumb < 8:
+            raise InputError("predictions.sheet_images and sheet_columns must be >= 1, sheet_thumb >= 8")
         self.output = output
+        self.contact_sheet = contact_sheet
+        self.sheet_images, self.sheet_columns, self.sheet_thumb = sheet_images, sheet_columns, sheet_thumb
         self.path: str | None = None
+        self.sheet_path: str | None = None
+
+    @staticmethod
+    def _ranked(path: str, trainer) -> str:
+        if trainer.world_size > 1:
+            root, ext = os.path.splitext(path)
+            return f"{root}.rank{trainer.global_rank}{ext}"
+        return path
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         dm = trainer.datamodule
         names = list(getattr(dm, "classes", None) or [])
         paths = dm.predict_paths() if hasattr(dm, "predict_paths") else None
-        out = self.output or os.path.join(trainer.default_root_dir, "predictions.csv")
-        if trainer.world_size > 1:
-            root, ext = os.path.splitext(out)
-            out = f"{root}.rank{trainer.global_rank}{ext}"
+        out = self._ranked(self.output or os.path.join(trainer.default_root_dir, "predictions.csv"), trainer)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         preds = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         idx_lists = batch_indices[0] if batch_indices and isinstance(batch_indices[0], list) else batch_indices
+        rows = []  # (sample index, [(class, prob), ...])
+        for b, pred in enumerate(preds):
+            ids = idx_lists[b] if idx_lists else range(len(pred["indices"]))
+            for row, i in enumerate(ids):
+                top = pred["indices"][row].tolist()
+                cls = [names[t] if t < len(names) else str(t) for t in top]
+                rows.append((i, list(zip(cls, pred["probs"][row].tolist()))))
         with open(out, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["index", "file", "top1", "topk_classes", "topk_probs"])
-            for b, pred in enumerate(preds):
-                ids = idx_lists[b] if idx_lists else range(len(pred["indices"]))
-                for row, i in enumerate(ids):
-                    top = pred["indices"][row].tolist()
-                    cls = [names[t] if t < len(names) else str(t) for t in top]
-                    probs = [f"{p:.4f}" for p in pred["probs"][row].tolist()]
-                    w.writerow([i, paths[i] if paths else "", cls[0], " ".join(cls), " ".join(probs)])
+            for i, top in rows:
+                w.writerow(
+                    [i, paths[i] if paths else "", top[0][0], " ".join(c for c, _ in top), " ".join(f"{p:.4f}" for _, p in top)]
+                )
         self.path = out
+        if self.contact_sheet:
+            self.sheet_path = self._write_sheet(trainer, out, rows, paths, set(names))
+
+    def _write_sheet(self, trainer, csv_path: str, rows, paths, names: set[str]) -> str | None:
+        from .contact_sheet import write_contact_sheet
+        from .data import read_rgb
+
+        if not paths:
+            rank_zero_info("predictions.contact_sheet: the predicted data are not image files; no sheet written")
+            return None
+        if isinstance(self.contact_sheet, str):
+            target = self.contact_sheet
+        else:
+            target = os.path.join(os.path.dirname(os.path.abspath(csv_path)), "contact_sheet.png")
+        target = self._ranked(target, trainer)
+        chosen = rows[: self.sheet_images]
+        images = [read_rgb(paths[i], None) for i, _ in chosen]
+        truth = [os.path.basename(os.path.dirname(paths[i])) for i, _ in chosen]
+        truth = [t if t in names else None for t in truth]
+        write_contact_sheet(
+            target, images, [top for _, top in chosen], truth, columns=self.sheet_columns, thumb=self.sheet_thumb
+        )
+        return target

@@ -3,22 +3,31 @@
 Folder layout (ImageNet): ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG`` (the same class
 folder names in both; the sorted names give the label ids, like torchvision's ImageFolder).
 
-Corrupt or unreadable images: ``corrupt_images="error"`` (default) stops with an error that names the
-file; ``"skip"`` replaces the sample by the next readable one and warns with the file name and a running
-count (per data-loader worker). The default is to stop because a silently shrinking dataset changes
-results; choose ``skip`` for large scraped datasets where a few bad files are expected.
+Every image is decoded to 8-bit RGB by :func:`read_rgb` (grayscale, palette, CMYK converted; 16-bit
+scaled, not clipped; alpha composited onto white; more than ``max_image_pixels`` refused before decoding).
+Corrupt, truncated or refused images: ``corrupt_images="error"`` (default) stops with an error that names
+the file; ``"skip"`` replaces the sample by the next readable one and warns with the file name and a
+running count (per data-loader worker). The default is to stop because a silently shrinking dataset
+changes results; choose ``skip`` for large scraped datasets where a few bad files are expected.
+
+Data defaults (input size, mean, std, crop_pct, interpolation) come from ``data_config``, the model
+registry's data config of the backbone (tools/train_cls.py links it from ``model.backbone``); the data
+module never looks at the LightningModule. Resuming mid-epoch: the training loader's position (epoch,
+batches handed out) is part of the data module's state, saved in every checkpoint.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -26,9 +35,49 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from . import synthetic
 from .errors import DataNotFoundError, InputError
+from .transforms import data_config as registry_data_config
 from .transforms import eval_transform, train_transform
 
-__all__ = ["ImageClassificationDataModule", "ImageFolderDataset", "ImageListDataset", "scan_split", "check_folders"]
+__all__ = [
+    "ImageClassificationDataModule",
+    "ImageFolderDataset",
+    "ImageListDataset",
+    "ResumableLoader",
+    "check_folders",
+    "read_rgb",
+    "scan_split",
+]
+
+# PIL's own threshold for its DecompressionBombWarning (about 89.5 megapixels)
+DEFAULT_MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
+_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def read_rgb(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image file to 8-bit RGB (docs/reliability.md, "Images"):
+
+    - RGB, grayscale (1, L), palette (P), CMYK, YCbCr, LAB, HSV: PIL's conversion to RGB;
+    - 16-bit (and 32-bit integer) grayscale: scaled to 8 bits (v * 255 / 65535), not clipped at 255;
+      16-bit colour PNGs are reduced to 8 bits by PIL when it opens them;
+    - an alpha channel (RGBA, LA, PA, or a palette / tRNS transparency): composited onto white;
+    - more than ``max_pixels`` pixels: refused before decoding (OSError naming the size);
+    - truncated or corrupt files: the decoder's OSError.
+    """
+    with open(path, "rb") as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size limit below is ours
+        img = Image.open(f)
+        w, h = img.size
+        if max_pixels and w * h > max_pixels:
+            raise OSError(f"{w}x{h} = {w * h} pixels, more than data.max_image_pixels={max_pixels}")
+        img.load()  # forces the decode: truncated / garbage files fail here
+    if img.mode in _INT_MODES:
+        arr = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _list_classes(split_dir: Path) -> list[str]:
@@ -89,11 +138,68 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class EpochIndexSampler(DistributedSampler):
     """DistributedSampler (shuffled by (seed, epoch), split over ranks) that yields ``(epoch, index)``
-    keys, so that datasets can seed each sample's augmentation by (seed, epoch, index)."""
+    keys, so that datasets can seed each sample's augmentation by (seed, epoch, index). ``skip`` drops
+    that many of this rank's first indices from the next iteration only (resuming mid-epoch)."""
+
+    skip = 0
 
     def __iter__(self):
-        epoch = self.epoch
-        return ((epoch, i) for i in super().__iter__())
+        epoch, skip = self.epoch, self.skip
+        self.skip = 0
+        return ((epoch, i) for i in itertools.islice(super().__iter__(), skip, None))
+
+
+class _Counted:
+    def __init__(self, it, owner: ResumableLoader):
+        self.it, self.owner = it, owner
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.it)
+        self.owner.position += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.it)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, knowing its place in the epoch: ``state_dict()`` is ``{"epoch": e,
+    "batches": k}`` (k batches of epoch e handed out; a finished epoch reads as the start of the next) and
+    after ``load_state_dict`` the next iteration starts at batch k of epoch e. With an EpochIndexSampler
+    (order fixed by (seed, epoch), augmentation by (seed, epoch, index)) a run resumed mid-epoch sees
+    exactly the batches of an uninterrupted one. Batches are counted as the training loop takes them
+    (Lightning does not pre-fetch from a loader of known length); worker pre-fetching does not count."""
+
+    def __init__(self, dataset, *, sampler: EpochIndexSampler, **kwargs):
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.position = 0
+        self._epoch = sampler.epoch
+        self._pending: dict | None = None
+        self._applied: dict | None = None
+
+    def __iter__(self):
+        start = 0
+        if self._pending is not None:
+            start = int(self._pending["batches"])
+            self.sampler.set_epoch(int(self._pending["epoch"]))
+            self._applied, self._pending = self._pending, None
+        self.sampler.skip = start * self.batch_size
+        self._epoch, self.position = self.sampler.epoch, start
+        return _Counted(super().__iter__(), self)
+
+    def state_dict(self, epoch_length: int | float | None = None) -> dict[str, int]:
+        """``epoch_length``: batches the training loop takes per epoch when fewer than ``len(self)``."""
+        n = len(self) if epoch_length is None or epoch_length == float("inf") else min(len(self), int(epoch_length))
+        if self.position >= n:
+            return {"epoch": self._epoch + 1, "batches": 0}
+        return {"epoch": self._epoch, "batches": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state and state != self._applied:  # the same state arriving twice is applied once
+            self._pending = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 class _Keyed(Dataset):
@@ -135,22 +241,28 @@ class TensorSet(_Keyed):
 class _ImageLoading(_Keyed):
     """Reads RGB images with the corrupt-image policy."""
 
-    def __init__(self, paths: Sequence[str], transform=None, corrupt_images: str = "error", seed: int = 0):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        transform=None,
+        corrupt_images: str = "error",
+        seed: int = 0,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ):
         if corrupt_images not in ("error", "skip"):
             raise InputError(f"data.corrupt_images must be 'error' or 'skip', got {corrupt_images!r}")
         self.paths = list(paths)
         self.transform = transform
         self.corrupt_images = corrupt_images
         self.seed = seed
+        self.max_image_pixels = max_image_pixels
         self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _read(self, path: str):
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")  # forces the decode: truncated / garbage files fail here
+        return read_rgb(path, self.max_image_pixels)
 
     def _load(self, index: int):
         n = len(self.paths)
@@ -180,8 +292,16 @@ class _ImageLoading(_Keyed):
 class ImageFolderDataset(_ImageLoading):
     """(image, label) pairs from ``scan_split`` samples."""
 
-    def __init__(self, samples, classes, transform=None, corrupt_images: str = "error", seed: int = 0):
-        super().__init__([p for p, _ in samples], transform, corrupt_images, seed)
+    def __init__(
+        self,
+        samples,
+        classes,
+        transform=None,
+        corrupt_images: str = "error",
+        seed: int = 0,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ):
+        super().__init__([p for p, _ in samples], transform, corrupt_images, seed, max_image_pixels)
         self.targets = [t for _, t in samples]
         self.classes = list(classes)
 
@@ -198,6 +318,14 @@ class ImageListDataset(_ImageLoading):
         return self._apply(img), i
 
 
+def _default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(8, cores)
+
+
 class ImageClassificationDataModule(L.LightningDataModule):
     """ImageNet-layout image folders (``dataset="folder"``) or the embedded procedural dataset
     (``dataset="longrange"``, no download; see ``swtasks.cls.synthetic``).
@@ -208,14 +336,22 @@ class ImageClassificationDataModule(L.LightningDataModule):
         train_dir, val_dir: split folder names under ``root``.
         test_dir: split used by ``test`` (default: ``val_dir``).
         predict_dir: folder of images (any depth) used by ``predict`` (default: the test split).
-        image_size: training / evaluation crop (default: the model's input size).
+        data_config: the backbone's data config (input_size, mean, std, crop_pct, interpolation), from the
+            model registry; ``tools/train_cls.py`` links it from ``model.backbone``. Default: the
+            registry's defaults.
+        image_size: training / evaluation crop (default: the data config's input size).
         batch_size: per-device batch size.
         eval_batch_size: per-device batch size for validate / test / predict (default: batch_size).
-        num_workers, pin_memory, persistent_workers: DataLoader settings (pinning only on GPUs).
-        crop_pct, interpolation, mean, std: default to the model's data config.
-        scale, ratio, hflip, auto_augment, color_jitter, force_color_jitter, random_erasing: training
-            augmentation (see ``swtasks.cls.transforms``); ``auto_augment=null`` disables RandAugment.
+        num_workers: DataLoader worker processes (default: the usable CPU cores, at most 8).
+        pin_memory, persistent_workers: DataLoader settings (pinning only on GPUs).
+        crop_pct, interpolation, mean, std: override the data config.
+        scale, ratio, hflip: random resized crop and horizontal flip (the default augmentation).
+        auto_augment, color_jitter, force_color_jitter, random_erasing: stronger augmentation, off unless
+            asked (the ImageNet recipe: ``rand-m9-mstd0.5-inc1``, 0.4, false, 0.25; see
+            ``swtasks.cls.transforms``).
         corrupt_images: ``error`` (stop, naming the file) or ``skip`` (warn and count).
+        max_image_pixels: images with more pixels are treated as unreadable (default: PIL's warning
+            threshold, about 89.5 megapixels); null: no limit of ours (PIL refuses above 2x its threshold).
         seed: data seed: the order of an epoch depends only on (seed, epoch) and the augmentation of a
             training sample only on (seed, epoch, index), whatever the number of workers, so a resumed
             run sees the same batches as an uninterrupted one.
@@ -230,24 +366,26 @@ class ImageClassificationDataModule(L.LightningDataModule):
         val_dir: str = "val",
         test_dir: str | None = None,
         predict_dir: str | None = None,
+        data_config: dict[str, Any] | None = None,
         image_size: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 8,
+        num_workers: int | None = None,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         crop_pct: float | None = None,
         interpolation: str | None = None,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
-        scale: tuple[float, float] = (0.08, 1.0),
+        scale: tuple[float, float] = (0.35, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
-        auto_augment: str | None = "rand-m9-mstd0.5-inc1",
-        color_jitter: float | None = 0.4,
+        auto_augment: str | None = None,
+        color_jitter: float | None = None,
         force_color_jitter: bool = False,
-        random_erasing: float = 0.25,
+        random_erasing: float = 0.0,
         corrupt_images: Literal["error", "skip"] = "error",
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         seed: int = 0,
         synthetic_train_size: int = 8000,
         synthetic_val_size: int = 2000,
@@ -257,39 +395,51 @@ class ImageClassificationDataModule(L.LightningDataModule):
             raise InputError(f"data.dataset={dataset!r}: choose 'folder' or one of {sorted(synthetic.DATASETS)}")
         if batch_size < 1:
             raise InputError(f"data.batch_size must be >= 1, got {batch_size}")
+        if image_size is not None and image_size < 1:
+            raise InputError(f"data.image_size must be >= 1, got {image_size}")
         if corrupt_images not in ("error", "skip"):
             raise InputError(f"data.corrupt_images must be 'error' or 'skip', got {corrupt_images!r}")
+        if dataset != "folder":
+            try:
+                synthetic.check_image_size(dataset, image_size or synthetic.DATASETS[dataset].default_image_size)
+            except ValueError as e:
+                raise InputError(f"data.image_size: {e}") from None
         self.save_hyperparameters()
         self.classes: list[str] | None = None
+        self.classes_source: str | None = None  # where the classes came from, for messages
         self.train_set = self.val_set = self.test_set = self.predict_set = None
+        self._train_loader: ResumableLoader | None = None
+        self._pending_position: dict | None = None
 
     # ------------------------------------------------------------------ configuration
-    def _model_data_config(self) -> dict:
-        trainer = self.trainer
-        module = trainer.lightning_module if trainer is not None else None
-        return dict(getattr(module, "data_config", None) or {})
-
-    def _resolved(self) -> dict:
-        hp, mc = self.hparams, self._model_data_config()
-        size = hp.image_size or (tuple(mc.get("input_size", (3, 224, 224)))[-1])
+    def resolved_config(self) -> dict[str, Any]:
+        """Image size, crop_pct, interpolation, mean and std in use: the explicit data.* values, else the
+        data config's."""
+        hp = self.hparams
+        base = registry_data_config()
+        base.update({k: v for k, v in dict(hp.data_config or {}).items() if v is not None})
+        if hp.dataset != "folder":
+            size = synthetic.DATASETS[hp.dataset].default_image_size
+            base["input_size"] = (3, size, size)
+        size = hp.image_size or tuple(base["input_size"])[-1]
         return {
             "image_size": int(size),
-            "crop_pct": hp.crop_pct or mc.get("crop_pct", 0.875),
-            "interpolation": hp.interpolation or mc.get("interpolation", "bicubic"),
-            "mean": tuple(hp.mean or mc.get("mean", (0.485, 0.456, 0.406))),
-            "std": tuple(hp.std or mc.get("std", (0.229, 0.224, 0.225))),
+            "crop_pct": hp.crop_pct or base["crop_pct"],
+            "interpolation": hp.interpolation or base["interpolation"],
+            "mean": tuple(hp.mean or base["mean"]),
+            "std": tuple(hp.std or base["std"]),
         }
 
-    def _check_num_classes(self, n: int, where: str) -> None:
-        trainer = self.trainer
-        module = trainer.lightning_module if trainer is not None else None
-        want = getattr(module, "num_classes", None)
-        if want is not None and want != n:
-            raise InputError(f"model.num_classes={want} but {where} has {n} classes; set --model.num_classes {n}")
+    @property
+    def image_size(self) -> int:
+        return self.resolved_config()["image_size"]
 
     @property
     def num_classes(self) -> int | None:
         return None if self.classes is None else len(self.classes)
+
+    def _set_classes(self, classes: Sequence[str], source: str) -> None:
+        self.classes, self.classes_source = list(classes), source
 
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:
@@ -302,8 +452,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         hp = self.hparams
         spec = synthetic.DATASETS[hp.dataset]
         size = hp.image_size or spec.default_image_size
-        self.classes = list(spec.classes)
-        self._check_num_classes(len(self.classes), f"the procedural dataset {hp.dataset!r}")
+        self._set_classes(spec.classes, f"the procedural dataset {hp.dataset!r}")
 
         def make(split, n):
             x, y = synthetic.generate(hp.dataset, n, split=split, image_size=size, seed=hp.seed)
@@ -316,6 +465,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.test_set = self.val_set
         self.predict_set = self.val_set
 
+    def _images(self, samples, classes, transform) -> ImageFolderDataset:
+        hp = self.hparams
+        return ImageFolderDataset(samples, classes, transform, hp.corrupt_images, hp.seed, hp.max_image_pixels)
+
     def _setup_folder(self, stage) -> None:
         hp = self.hparams
         if not hp.root:
@@ -323,7 +476,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         root = Path(hp.root).expanduser()
         if not root.is_dir():
             raise DataNotFoundError(f"data.root {root} does not exist or is not a directory")
-        cfg = self._resolved()
+        cfg = self.resolved_config()
         evaluate = eval_transform(
             cfg["image_size"], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"]
         )
@@ -331,43 +484,36 @@ class ImageClassificationDataModule(L.LightningDataModule):
         test_dir = root / (hp.test_dir or hp.val_dir)
         if stage in (None, "fit"):
             classes, train_samples = scan_split(train_dir, "training")
-            self._check_num_classes(len(classes), str(train_dir))
             val_classes, val_samples = scan_split(val_dir, "validation")
             check_folders(classes, val_classes, train_dir, val_dir)
-            self.classes = classes
-            self.train_set = ImageFolderDataset(
-                train_samples,
-                classes,
-                train_transform(
-                    cfg["image_size"],
-                    mean=cfg["mean"],
-                    std=cfg["std"],
-                    interpolation=cfg["interpolation"],
-                    scale=hp.scale,
-                    ratio=hp.ratio,
-                    hflip=hp.hflip,
-                    auto_augment=hp.auto_augment,
-                    color_jitter=hp.color_jitter,
-                    force_color_jitter=hp.force_color_jitter,
-                    random_erasing=hp.random_erasing,
-                ),
-                hp.corrupt_images,
-                seed=hp.seed,
+            self._set_classes(classes, str(train_dir))
+            augment = train_transform(
+                cfg["image_size"],
+                mean=cfg["mean"],
+                std=cfg["std"],
+                interpolation=cfg["interpolation"],
+                scale=hp.scale,
+                ratio=hp.ratio,
+                hflip=hp.hflip,
+                auto_augment=hp.auto_augment,
+                color_jitter=hp.color_jitter,
+                force_color_jitter=hp.force_color_jitter,
+                random_erasing=hp.random_erasing,
             )
-            self.val_set = ImageFolderDataset(val_samples, classes, evaluate, hp.corrupt_images)
+            self.train_set = self._images(train_samples, classes, augment)
+            self.val_set = self._images(val_samples, classes, evaluate)
         elif stage == "validate":
             classes, val_samples = scan_split(val_dir, "validation")
-            self._check_num_classes(len(classes), str(val_dir))
             self._check_against_train(classes, train_dir, val_dir)
-            self.classes = classes
-            self.val_set = ImageFolderDataset(val_samples, classes, evaluate, hp.corrupt_images)
+            self._set_classes(classes, str(val_dir))
+            self.val_set = self._images(val_samples, classes, evaluate)
         elif stage in ("test", "predict"):
             classes, test_samples = scan_split(test_dir, "test")
-            self._check_num_classes(len(classes), str(test_dir))
             self._check_against_train(classes, train_dir, test_dir)
-            self.classes = classes
-            self.test_set = ImageFolderDataset(test_samples, classes, evaluate, hp.corrupt_images)
+            self._set_classes(classes, str(test_dir))
+            self.test_set = self._images(test_samples, classes, evaluate)
             if stage == "predict":
+                files = self.test_set.paths
                 if hp.predict_dir:
                     pdir = Path(hp.predict_dir).expanduser()
                     if not pdir.is_dir():
@@ -375,9 +521,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
                     files = _images_under(pdir)
                     if not files:
                         raise InputError(f"data.predict_dir {pdir} contains no images")
-                    self.predict_set = ImageListDataset(files, evaluate, hp.corrupt_images)
-                else:
-                    self.predict_set = ImageListDataset(self.test_set.paths, evaluate, hp.corrupt_images)
+                self.predict_set = ImageListDataset(files, evaluate, hp.corrupt_images, hp.seed, hp.max_image_pixels)
 
     @staticmethod
     def _check_against_train(classes, train_dir: Path, other_dir: Path) -> None:
@@ -385,43 +529,71 @@ class ImageClassificationDataModule(L.LightningDataModule):
             check_folders(_list_classes(train_dir), classes, train_dir, other_dir)
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, ds, *, train: bool) -> DataLoader:
+    def _loader_kwargs(self, batch_size: int) -> dict[str, Any]:
         hp = self.hparams
         trainer = self.trainer
         on_gpu = trainer is not None and trainer.strategy.root_device.type != "cpu"
-        bs = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
-        kwargs = dict(
-            batch_size=bs,
-            num_workers=hp.num_workers,
+        workers = _default_workers() if hp.num_workers is None else hp.num_workers
+        return dict(
+            batch_size=batch_size,
+            num_workers=workers,
             pin_memory=bool(hp.pin_memory and on_gpu),
-            persistent_workers=bool(hp.persistent_workers and hp.num_workers > 0),
+            persistent_workers=bool(hp.persistent_workers and workers > 0),
             # a private generator for the loader's base seed: making an iterator does not draw from the
             # global RNG, which stays the training steps' own (MixUp, drop path) and resumes exactly
             generator=torch.Generator().manual_seed(hp.seed),
         )
-        if not train:
-            return DataLoader(ds, shuffle=False, drop_last=False, **kwargs)
+
+    def train_dataloader(self):
+        hp, trainer, ds = self.hparams, self.trainer, self.train_set
         world = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
+        if len(ds) < hp.batch_size * world:
+            where = self.classes_source or "the training set"
+            raise InputError(
+                f"{where} has {len(ds)} training images, fewer than one batch of data.batch_size={hp.batch_size} "
+                f"x {world} process(es); use --data.batch_size {max(1, len(ds) // world)} or less, or more images"
+            )
         # the order depends on (seed, epoch) only (Lightning calls set_epoch), each sample's augmentation on
         # (seed, epoch, index): a resumed run sees the same batches; also the per-rank split under DDP
         sampler = EpochIndexSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=hp.seed)
-        drop_last = len(ds) // world >= bs
-        return DataLoader(ds, sampler=sampler, drop_last=drop_last, **kwargs)
+        loader = ResumableLoader(ds, sampler=sampler, drop_last=True, **self._loader_kwargs(hp.batch_size))
+        if self._pending_position is not None:
+            loader.load_state_dict(self._pending_position)
+            self._pending_position = None
+        self._train_loader = loader
+        return loader
 
-    def train_dataloader(self):
-        return self._loader(self.train_set, train=True)
+    def _eval_loader(self, ds) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(ds, shuffle=False, drop_last=False, **self._loader_kwargs(hp.eval_batch_size or hp.batch_size))
 
     def val_dataloader(self):
-        return self._loader(self.val_set, train=False)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self):
-        return self._loader(self.test_set, train=False)
+        return self._eval_loader(self.test_set)
 
     def predict_dataloader(self):
-        return self._loader(self.predict_set, train=False)
+        return self._eval_loader(self.predict_set)
 
     def predict_paths(self) -> list[str] | None:
         ds = self.predict_set
         return list(ds.paths) if isinstance(ds, _ImageLoading) else None
 
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, so that ``--ckpt_path`` resumes mid-epoch exactly."""
+        if self._train_loader is None:
+            return {}
+        trainer = self.trainer
+        length = trainer.num_training_batches if trainer is not None else None
+        return {"train_position": self._train_loader.state_dict(length)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        position = state_dict.get("train_position")
+        if position:
+            if self._train_loader is not None:
+                self._train_loader.load_state_dict(position)
+            else:
+                self._pending_position = dict(position)

@@ -17,25 +17,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_into, read_checkpoint, save_weights
-from .errors import DataNotFoundError, InputError
-
-BACKBONE_PREFIX = "backbone."
-EMA_PREFIX = "ema.module."
-
-
-def load_lightning_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Any]:
-    """A checkpoint of tools/train_cls.py, read weights-only (errors name the file)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = read_checkpoint(path, trust_pickle=trust_pickle)
-    except CheckpointError as e:
-        raise InputError(str(e)) from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise InputError(f"{path} is not a Lightning checkpoint of tools/train_cls.py (no 'state_dict')")
-    return ckpt
+from ..checkpoint import load_into, save_weights
+from .errors import InputError
+from .io import read_lightning_checkpoint
+from .module import BACKBONE_PREFIX, EMA_PREFIX
 
 
 def fold_kernel_masks(model: torch.nn.Module) -> int:
@@ -65,7 +50,7 @@ def export_backbone(
     import swtasks
     from swtasks.models.deploy import reparameterize_verified
 
-    ckpt = load_lightning_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    ckpt = read_lightning_checkpoint(checkpoint, trust_pickle=trust_pickle)
     hp = dict(ckpt.get("hyper_parameters") or {})
     name = hp.get("backbone")
     if not isinstance(name, str):

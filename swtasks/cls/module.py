@@ -1,32 +1,38 @@
-"""ClassificationModule: any registry backbone trained with the ImageNet recipe of the shift-wise paper."""
+"""ClassificationModule: any registry backbone, with defaults for a dataset nobody tuned for.
+
+The defaults serve a user's own data (docs/classification.md, "Your own data"): no MixUp/CutMix, AdamW
+with ``lr`` stated for a total batch of ``base_batch_size`` and scaled linearly by the real total batch
+(devices x nodes x per-device batch x accumulation), warm-up as a fraction of the run, cosine per step.
+The published ImageNet recipes state every setting explicitly in ``configs/cls/*_in1k.yaml``.
+
+The module knows nothing of the data pipeline; in ``setup`` it checks the data module's class count and
+image size against the backbone (one clear error instead of a failure deep inside the first step).
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..checkpoint import compare_state_dicts, format_mismatch
 from ..models.param_groups import param_groups
+from . import finetune
 from .ema import ModelEMA
-from .errors import InputError
+from .errors import InputError, NonFiniteLossError
+from .finetune import classifier_prefix, frozen_modules, load_weights
 from .mix import MixUpCutMix, soft_target_cross_entropy
 from .optim import WarmupCosine
-
-DEFAULT_DATA_CONFIG = {
-    "input_size": (3, 224, 224),
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "crop_pct": 0.875,
-    "interpolation": "bicubic",
-}
+from .syncbn import convert_sync_batchnorm
+from .transforms import data_config
 
 EMA_PREFIX = "ema.module."
 BACKBONE_PREFIX = "backbone."
@@ -55,32 +61,27 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def create_backbone(name: str, *, num_classes: int, drop_path_rate: float, pretrained: bool = False, **kwargs):
+def create_backbone(name: str, *, num_classes: int, drop_path_rate: float, **kwargs):
     """``swtasks.create_model`` with user errors (unknown name, unknown override) turned into InputError."""
     import swtasks
 
     try:
-        return swtasks.create_model(
-            name, pretrained=pretrained, num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs
-        )
+        return swtasks.create_model(name, num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
     except (KeyError, ValueError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise InputError(f"model.backbone={name!r}: {msg}") from e
 
 
-def data_config_of(model: nn.Module, name: str | None = None) -> dict:
-    """The backbone's data config (input_size, mean, std, crop_pct, interpolation), with defaults."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "data_config", None)
-    if not cfg and name is not None:
+def total_stride(net: nn.Module) -> int | None:
+    """The backbone's input-to-output stride (``total_stride``, else the last feature_info reduction)."""
+    s = getattr(net, "total_stride", None)
+    if s is None:
+        info = getattr(net, "feature_info", None)
         try:
-            from swtasks.models import get_data_config
-
-            cfg = get_data_config(name)
-        except Exception:  # noqa: BLE001 - a model outside the registry simply has no config
-            cfg = None
-    out = dict(DEFAULT_DATA_CONFIG)
-    out.update({k: v for k, v in dict(cfg or {}).items() if k in DEFAULT_DATA_CONFIG and v is not None})
-    return out
+            s = info[-1]["reduction"]
+        except (TypeError, IndexError, KeyError):
+            return None
+    return int(s)
 
 
 class ClassificationModule(L.LightningModule):
@@ -88,25 +89,35 @@ class ClassificationModule(L.LightningModule):
 
     Args:
         backbone: registry name (``swtasks.list_models()``), or an ``nn.Module`` from Python.
-        num_classes: classifier outputs (checked against the data folders).
+        num_classes: classifier outputs (checked against the data module's classes in ``setup``).
         drop_path_rate: stochastic depth of the backbone.
-        pretrained: load the registry's pretrained weights.
+        weights: a weights file to start from (fine-tuning): anything ``create_model(checkpoint_path=...)``
+            reads (a converted published checkpoint, an exported backbone, a Lightning checkpoint of this
+            toolkit). The classifier is re-initialised when its class count differs.
+        trust_pickle: read ``weights`` with full unpickling (only for files you trust).
+        freeze_stages: freeze the stem and the first N stages (parameters and BatchNorm statistics).
         backbone_kwargs: extra overrides passed to ``create_model`` (kernel sizes, ...).
-        lr: peak learning rate (after warm-up); the paper: 4e-3 at a total batch of 4096.
+        lr: peak learning rate (after warm-up) for a total batch of ``base_batch_size``; the run uses
+            ``lr * total_batch / base_batch_size`` (printed at the start of fit).
+        base_batch_size: the total batch ``lr`` is stated for; null: use ``lr`` as it is.
         weight_decay: AdamW decay for weights; 0 for biases, 1-D parameters and ``no_weight_decay()``.
         betas, eps: AdamW.
         no_weight_decay_keys: extra parameter names / fnmatch patterns without weight decay.
         layer_decay: layer-wise lr decay (e.g. 0.8 for fine-tuning); None disables.
-        warmup_epochs / warmup_steps: linear warm-up length (steps win when given).
+        warmup_fraction: linear warm-up over this fraction of all optimiser steps, unless
+            ``warmup_epochs`` or ``warmup_steps`` (which wins) is given.
         min_lr: end of the per-step cosine.
         label_smoothing: applied to hard and mixed targets.
         mixup_alpha, cutmix_alpha, mix_prob, switch_prob: batch-level MixUp / CutMix (alpha 0 disables).
         ema_decay: keep an EMA of the weights and evaluate it next to the raw weights; None disables.
         ema_warmup_steps: ramp the EMA decay over this many updates (0: constant decay).
+        nonfinite_loss: a NaN/inf training loss ``stop``s the run (naming the step; the Checkpoint
+            callback saves the last good state) or ``skip``s the batch (no update, a warning).
         channels_last: run the backbone in channels-last memory format.
         compile: wrap the backbone's training forward in ``torch.compile`` (a string picks the backend,
             e.g. ``inductor`` (what ``true`` means) or ``aot_eager``).
-        sync_batchnorm: convert BatchNorm to SyncBatchNorm when the world size is above 1 on GPUs.
+        sync_batchnorm: BatchNorm statistics over the whole distributed batch when the world size is
+            above 1 (torch's SyncBatchNorm on GPUs, an all-reduce BatchNorm on CPU).
     """
 
     def __init__(
@@ -114,24 +125,29 @@ class ClassificationModule(L.LightningModule):
         backbone: str | nn.Module = "shiftwise_tiny",
         num_classes: int = 1000,
         drop_path_rate: float = 0.1,
-        pretrained: bool = False,
+        weights: str | None = None,
+        trust_pickle: bool = False,
+        freeze_stages: int = 0,
         backbone_kwargs: dict[str, Any] | None = None,
         lr: float = 4e-3,
+        base_batch_size: int | None = 256,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         no_weight_decay_keys: list[str] | None = None,
         layer_decay: float | None = None,
-        warmup_epochs: float = 5.0,
+        warmup_fraction: float = 0.05,
+        warmup_epochs: float | None = None,
         warmup_steps: int | None = None,
         min_lr: float = 1e-6,
         label_smoothing: float = 0.1,
-        mixup_alpha: float = 0.8,
-        cutmix_alpha: float = 1.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
         switch_prob: float = 0.5,
         ema_decay: float | None = None,
         ema_warmup_steps: int = 0,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
         channels_last: bool = False,
         compile: bool | str = False,
         sync_batchnorm: bool = True,
@@ -143,6 +159,14 @@ class ClassificationModule(L.LightningModule):
             raise InputError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise InputError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if lr <= 0:
+            raise InputError(f"model.lr must be > 0, got {lr}")
+        if base_batch_size is not None and base_batch_size < 1:
+            raise InputError(f"model.base_batch_size must be >= 1 or null, got {base_batch_size}")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise InputError(f"model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if nonfinite_loss not in ("stop", "skip"):
+            raise InputError(f"model.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         if isinstance(backbone, nn.Module):
             self.save_hyperparameters(ignore=["backbone"])
             self.backbone_name = type(backbone).__name__
@@ -155,14 +179,16 @@ class ClassificationModule(L.LightningModule):
             self.save_hyperparameters()
             self.backbone_name = backbone
             net = create_backbone(
-                backbone,
-                num_classes=num_classes,
-                drop_path_rate=drop_path_rate,
-                pretrained=pretrained,
-                **(backbone_kwargs or {}),
+                backbone, num_classes=num_classes, drop_path_rate=drop_path_rate, **(backbone_kwargs or {})
             )
+        self.weights_report = load_weights(net, weights, trust_pickle=trust_pickle) if weights else None
+        if self.weights_report:
+            rank_zero_info(self.weights_report)
+        self._frozen = finetune.freeze_stages(net, freeze_stages)
+        for m in frozen_modules(net, self._frozen):
+            m.eval()  # Lightning keeps the modes it finds (and warns about eval modules: intended here)
         self.num_classes = num_classes
-        self.data_config = data_config_of(net, None if isinstance(backbone, nn.Module) else backbone)
+        self.data_config = data_config(net if hasattr(net, "pretrained_cfg") else None)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.backbone = net
@@ -179,6 +205,9 @@ class ClassificationModule(L.LightningModule):
         self.metrics = nn.ModuleDict({p: self._make_metrics() for p in self._metric_names})
         self._last_global_step = -1
         self._pending_rng: dict | None = None
+        self.skipped_batches = 0
+        self.optim_summary: dict[str, Any] = {}
+        self.hparams_from: str | None = None  # the checkpoint the options were read from (tools/train_cls.py)
 
     # ------------------------------------------------------------------ building blocks
     def _make_metrics(self) -> nn.ModuleDict:
@@ -198,6 +227,12 @@ class ClassificationModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self._prep(x))
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in frozen_modules(self.backbone, self._frozen):  # frozen stages keep their BN statistics
+            m.eval()
+        return self
+
     def configure_model(self) -> None:
         if self.hparams.compile and "_train_forward" not in self.__dict__:
             # kept out of the module tree so the state dict keeps plain 'backbone.' keys
@@ -210,33 +245,76 @@ class ClassificationModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         trainer = self._trainer
-        if trainer is None or not self.hparams.sync_batchnorm or trainer.world_size <= 1:
+        if trainer is None:
             return
-        if trainer.strategy.root_device.type == "cpu":
-            rank_zero_warn(
-                "world size > 1 on CPU: BatchNorm stays per-process (PyTorch's SyncBatchNorm needs GPUs); "
-                "DDP broadcasts the running statistics from rank 0."
+        self._check_data(trainer.datamodule)
+        if self.hparams.sync_batchnorm and trainer.world_size > 1:
+            self.backbone = convert_sync_batchnorm(self.backbone, trainer.strategy.root_device)
+            self.__dict__.pop("_norm_bufs", None)
+
+    def _check_data(self, dm) -> None:
+        """The data module's class count and image size against the backbone (one clear error each)."""
+        n = getattr(dm, "num_classes", None)
+        if n is not None and n != self.num_classes:
+            ckpt = self.hparams_from
+            where = f" (from the checkpoint {ckpt})" if ckpt else ""
+            source = getattr(dm, "classes_source", None) or "the data"
+            raise InputError(
+                f"model.num_classes={self.num_classes}{where} but {source} has {n} classes"
+                + ("" if where else f"; set --model.num_classes {n}")
             )
-            return
-        if not any(isinstance(m, nn.SyncBatchNorm) for m in self.backbone.modules()):
-            self.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(self.backbone)
+        size = getattr(dm, "image_size", None)
+        stride = total_stride(self.backbone)
+        if size is not None and stride is not None and size < stride:
+            raise InputError(
+                f"data.image_size={size} is smaller than the total stride {stride} of {self.backbone_name}: "
+                f"use --data.image_size {stride} or more (images are resized to it)"
+            )
 
     # ------------------------------------------------------------------ steps
+    def _norm_buffers(self) -> list[torch.Tensor]:
+        if "_norm_bufs" not in self.__dict__:
+            bufs = [b for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                    for b in m.buffers()]  # fmt: skip
+            object.__setattr__(self, "_norm_bufs", bufs)
+        return self.__dict__["_norm_bufs"]
+
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
         x, targets = self.mixer(self._prep(x), y)
+        before = [b.clone() for b in self._norm_buffers()]  # a failing batch must not leave NaN statistics
         logits = self._forward_train(x)
         loss = soft_target_cross_entropy(logits, targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        finite = bool(torch.isfinite(loss))
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # every rank takes the same decision
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            with torch.no_grad():
+                for b, saved in zip(self._norm_buffers(), before):
+                    b.copy_(saved)
+            where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+            if self.hparams.nonfinite_loss == "stop":
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.detach().item()}) at {where}; lower model.lr, or set "
+                    "model.nonfinite_loss=skip to skip such batches"
+                )
+            self.skipped_batches += 1
+            rank_zero_warn(f"skipping the batch at {where}: non-finite loss {loss.detach().item()} ({self.skipped_batches} so far)")
+            return None
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # global_step counts optimiser steps: update the EMA once per step (not per accumulated batch)
+    def sync_ema(self) -> None:
+        """Bring the EMA up to date with the last optimiser step (once per step, not per accumulated batch).
+        Called after each batch and before a checkpoint is written (Lightning saves step checkpoints in
+        the callbacks' on_train_batch_end, which runs before the module's)."""
         if self.ema is not None and self.global_step != self._last_global_step:
             self.ema.update(self.backbone)
         self._last_global_step = self.global_step
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.sync_ema()
 
     def _eval_step(self, batch, split: str) -> None:
         x, y = batch[0], batch[1]
@@ -266,12 +344,27 @@ class ClassificationModule(L.LightningModule):
         return {"indices": top.indices.cpu(), "probs": top.values.cpu()}
 
     # ------------------------------------------------------------------ optimisation
+    def total_batch_size(self) -> tuple[int, str]:
+        """(images per optimiser step over all processes, how it is made up)."""
+        t = self.trainer
+        loader = t.train_dataloader
+        per_device = getattr(loader, "batch_size", None)
+        if per_device is None:  # a custom batch sampler
+            per_device = getattr(getattr(loader, "batch_sampler", None), "batch_size", None) or 1
+        acc = t.accumulate_grad_batches
+        devices, nodes = t.num_devices, t.num_nodes
+        total = per_device * t.world_size * acc
+        return total, f"{devices} device(s) x {nodes} node(s) x batch {per_device} x accumulation {acc}"
+
     def configure_optimizers(self):
         hp = self.hparams
+        total_steps = int(self.trainer.estimated_stepping_batches)  # also sets up the training loader
+        total_batch, makeup = self.total_batch_size()
+        lr = hp.lr * total_batch / hp.base_batch_size if hp.base_batch_size else hp.lr
         try:
             groups = param_groups(
                 self.backbone,
-                lr=hp.lr,
+                lr=lr,
                 weight_decay=hp.weight_decay,
                 no_weight_decay=hp.no_weight_decay_keys or (),
                 layer_decay=hp.layer_decay,
@@ -281,14 +374,44 @@ class ClassificationModule(L.LightningModule):
         for g in groups:
             for key in ("names", "group_name", "layer_id"):
                 g.pop(key)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        total = int(self.trainer.estimated_stepping_batches)
+        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), eps=hp.eps)
+        per_epoch = self._steps_per_epoch(total_steps)
         if hp.warmup_steps is not None:
-            warmup = int(hp.warmup_steps)
+            warmup, how = int(hp.warmup_steps), "model.warmup_steps"
+        elif hp.warmup_epochs is not None:
+            warmup, how = int(round(hp.warmup_epochs * per_epoch)), f"{hp.warmup_epochs:g} epochs"
         else:
-            warmup = int(round(hp.warmup_epochs * self._steps_per_epoch(total)))
-        sched = WarmupCosine(opt, warmup_steps=min(warmup, total), total_steps=total, base_lr=hp.lr, min_lr=hp.min_lr)
+            warmup, how = int(round(hp.warmup_fraction * total_steps)), f"{hp.warmup_fraction:g} of the run"
+        warmup = min(warmup, total_steps)
+        sched = WarmupCosine(opt, warmup_steps=warmup, total_steps=total_steps, base_lr=lr, min_lr=hp.min_lr)
+        scaling = (
+            f"model.lr {hp.lr:g} x {total_batch} / {hp.base_batch_size} (model.base_batch_size)"
+            if hp.base_batch_size
+            else "model.lr as given (model.base_batch_size=null)"
+        )
+        self.optim_summary = {
+            "lr": lr,
+            "total_batch": total_batch,
+            "batch_makeup": makeup,
+            "lr_scaling": scaling,
+            "warmup_steps": warmup,
+            "warmup_from": how,
+            "total_steps": total_steps,
+            "steps_per_epoch": per_epoch,
+        }
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            rank_zero_info(self.describe_optimisation())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def describe_optimisation(self) -> str:
+        s = self.optim_summary
+        if not s:
+            return ""
+        return (
+            f"optimisation: total batch {s['total_batch']} ({s['batch_makeup']}); peak lr {s['lr']:.4g} = "
+            f"{s['lr_scaling']}; warm-up {s['warmup_steps']} of {s['total_steps']} steps ({s['warmup_from']}), "
+            f"then cosine to {self.hparams.min_lr:g}"
+        )
 
     def _steps_per_epoch(self, total: int) -> float:
         t = self.trainer
@@ -299,8 +422,13 @@ class ClassificationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.training:
+            self.sync_ema()
         checkpoint["rng_states"] = collect_rng_states()
         checkpoint["data_config"] = dict(self.data_config)
+        hp = checkpoint.get("hyper_parameters")
+        if isinstance(hp, dict) and hp.get("weights"):
+            hp["weights"] = None  # the checkpoint holds the weights: reloading it needs no starting file
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # (sparsity masks need nothing here: ShiftWiseConv2d creates a saved mask's buffer when it loads)
@@ -317,8 +445,41 @@ class ClassificationModule(L.LightningModule):
                 if k.startswith(BACKBONE_PREFIX):
                     sd[EMA_PREFIX + k[len(BACKBONE_PREFIX) :]] = sd[k]
             sd.setdefault("ema.num_updates", torch.zeros((), dtype=torch.long))
+        self._check_checkpoint_fits(sd)
         if "rng_states" in checkpoint:
             self._pending_rng = checkpoint["rng_states"]
+
+    def _check_checkpoint_fits(self, sd: dict) -> None:
+        """One clear error when a checkpoint's backbone differs from this module's (another class count,
+        other backbone options), before Lightning's strict load fails with a long traceback."""
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
+        theirs = {k: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
+        extra = getattr(self._adapter(), "extra", None)
+        missing, unexpected, mismatched = compare_state_dicts(
+            own, theirs, extra=(lambda k: bool(extra and extra(k[len(BACKBONE_PREFIX) :])))
+        )
+        if not (missing or unexpected or mismatched):
+            return
+        source = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        head = BACKBONE_PREFIX + classifier_prefix(self.backbone)
+        heads = [m for m in mismatched if m[0].startswith(head)]
+        if heads and len(heads) == len(mismatched) and not (missing or unexpected):
+            k, file_shape, model_shape = heads[0]
+            raise InputError(
+                f"{source} was trained with {file_shape[0]} classes ({k} {tuple(file_shape)}) but "
+                f"model.num_classes={model_shape[0]}; use --model.num_classes {file_shape[0]}, or start a "
+                "fine-tuning run from it with --model.weights (the classifier is then re-initialised)"
+            )
+        msg = format_mismatch(str(source), f"model.backbone={self.backbone_name}", missing, unexpected, mismatched, limit=5)
+        raise InputError(msg.replace("\n", ";") + "; the checkpoint's model.backbone_kwargs must match")
+
+    def _adapter(self):
+        name = (getattr(self.backbone, "pretrained_cfg", None) or {}).get("architecture")
+        if not name:
+            return None
+        from ..models.registry import checkpoint_adapter
+
+        return checkpoint_adapter(name)
 
     def on_fit_start(self) -> None:
         # restored here, before the training loader's iterator is made (Lightning isolates the sanity
@@ -326,3 +487,6 @@ class ClassificationModule(L.LightningModule):
         if self._pending_rng is not None:
             set_rng_states(self._pending_rng)
             self._pending_rng = None
+
+    def on_train_start(self) -> None:
+        self._last_global_step = self.global_step  # restored by now: no EMA update before the next step

@@ -29,7 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "ProceduralSpec", "generate", "longrange_sample"]
+__all__ = [
+    "DATASETS",
+    "SHAPES",
+    "ProceduralSpec",
+    "check_image_size",
+    "generate",
+    "longrange_sample",
+    "write_image_folder",
+    "write_shapes_folder",
+]
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
@@ -70,14 +79,22 @@ def longrange_sample(rng: np.random.Generator, label: int, image_size: int) -> n
     return np.ascontiguousarray(img[:, :image_size, :image_size])
 
 
+def check_image_size(name: str, image_size: int) -> None:
+    """ValueError unless ``image_size`` can show a whole period of procedural dataset ``name``."""
+    if image_size <= max(LONGRANGE_PERIODS):
+        raise ValueError(
+            f"image_size {image_size} is too small for the procedural dataset {name!r}: it must be larger than "
+            f"its longest period, {max(LONGRANGE_PERIODS)} px (default {DATASETS[name].default_image_size})"
+        )
+
+
 def generate(name: str, n: int, *, split: str = "train", image_size: int | None = None, seed: int = 0):
     """``n`` samples of procedural dataset ``name``: (images float32 (n, 3, S, S), labels int64 (n,))."""
     if name not in DATASETS:
         raise KeyError(f"unknown procedural dataset {name!r}; choose one of {sorted(DATASETS)}")
     spec = DATASETS[name]
     size = int(image_size or spec.default_image_size)
-    if size <= max(LONGRANGE_PERIODS):
-        raise ValueError(f"image_size for {name!r} must be > {max(LONGRANGE_PERIODS)} (the longest period), got {size}")
+    check_image_size(name, size)
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
     k = len(spec.classes)
@@ -116,4 +133,77 @@ def write_image_folder(
                 noise = rng.normal(0, 25, size=(image_size, image_size, 3))
                 img = np.clip(palette[c] + noise, 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(os.path.join(d, f"{split}_{c}_{i}.{fmt}"))
+    return root
+
+
+# Ten shape classes for write_shapes_folder; each entry draws one shape of "radius" r centred at (cx, cy).
+SHAPES = ("disk", "square", "triangle", "plus", "ring", "diamond", "x_cross", "frame", "two_disks", "bars")
+
+
+def _draw_shape(draw, kind: str, cx: float, cy: float, r: float, fill, width: int) -> None:
+    if kind == "disk":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    elif kind == "plus":
+        draw.rectangle([cx - r, cy - width / 2, cx + r, cy + width / 2], fill=fill)
+        draw.rectangle([cx - width / 2, cy - r, cx + width / 2, cy + r], fill=fill)
+    elif kind == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=width)
+    elif kind == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    elif kind == "x_cross":
+        draw.line([(cx - r, cy - r), (cx + r, cy + r)], fill=fill, width=width)
+        draw.line([(cx - r, cy + r), (cx + r, cy - r)], fill=fill, width=width)
+    elif kind == "frame":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], outline=fill, width=width)
+    elif kind == "two_disks":
+        q = r / 2
+        draw.ellipse([cx - r, cy - q, cx, cy + q], fill=fill)
+        draw.ellipse([cx, cy - q, cx + r, cy + q], fill=fill)
+    elif kind == "bars":
+        for dy in (-r, r - width):
+            draw.rectangle([cx - r, cy + dy, cx + r, cy + dy + width], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {kind!r}; choose one of {SHAPES}")
+
+
+def write_shapes_folder(
+    root: str,
+    *,
+    num_classes: int = 10,
+    train_per_class: int = 30,
+    val_per_class: int = 10,
+    image_size: int = 32,
+    seed: int = 0,
+    fmt: str = "png",
+) -> str:
+    """Write an ImageNet-layout folder (``root/{train,val}/<shape>/*.png``) of coloured shapes: the class is
+    the shape (``SHAPES[:num_classes]``: disk, square, triangle, plus, ring, ...); position, size, colours
+    and background noise are random, so neither colour nor a fixed location gives the class away. A small
+    "your own data" stand-in: a few hundred images are learnable in minutes on a CPU. Returns ``root``."""
+    import os
+
+    from PIL import Image, ImageDraw
+
+    if not 1 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be in 1..{len(SHAPES)}, got {num_classes}")
+    rng = np.random.default_rng(seed)
+    s = image_size
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for kind in SHAPES[:num_classes]:
+            d = os.path.join(root, split, kind)
+            os.makedirs(d, exist_ok=True)
+            for i in range(n):
+                bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+                while np.abs(fg - bg).sum() < 150:  # keep the shape visible
+                    fg = rng.uniform(0, 255, 3)
+                img = Image.new("RGB", (s, s), tuple(int(v) for v in bg))
+                r = rng.uniform(0.3, 0.45) * s
+                cx, cy = rng.uniform(r + 1, s - r - 1, size=2)
+                _draw_shape(ImageDraw.Draw(img), kind, cx, cy, r, tuple(int(v) for v in fg), max(2, round(s / 8)))
+                arr = np.asarray(img, dtype=np.float64) + rng.normal(0, 8, size=(s, s, 3))
+                Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(os.path.join(d, f"{kind}_{i:04d}.{fmt}"))
     return root

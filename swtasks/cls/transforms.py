@@ -1,9 +1,13 @@
-"""ImageNet training / evaluation pipelines on torchvision.transforms.v2 (timm's recipe, reproduced).
+"""Training / evaluation pipelines on torchvision.transforms.v2, and the data config they start from.
 
-Training: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3, bicubic) -> horizontal flip -> RandAugment
-"rand-m9-mstd0.5-inc1" (or colour jitter when RandAugment is off) -> float -> normalise -> RandomErasing
-(per-pixel random values, p=0.25). Evaluation: resize the short side to floor(size / crop_pct) -> centre
-crop -> float -> normalise.
+Data defaults (input size, mean, std, crop_pct, interpolation) have one home, the model registry's data
+config (``swtasks.models.registry``: ``DEFAULT_DATA_CONFIG``, per-variant ``pretrained_cfg``);
+:func:`data_config` reads it for a model or a registry name.
+
+Training: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3, bicubic) -> horizontal flip, and only when asked:
+RandAugment (the ImageNet recipe's "rand-m9-mstd0.5-inc1"), colour jitter, RandomErasing (per-pixel
+random values) -> float -> normalise. Evaluation: resize the short side to floor(size / crop_pct) ->
+centre crop -> float -> normalise.
 
 How close the RandAugment is to timm's ``rand-m9-mstd0.5-inc1`` (the reference recipe):
 
@@ -31,10 +35,28 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
+from ..models.registry import DEFAULT_DATA_CONFIG, ModelConfigError, get_data_config
 from .errors import InputError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+DATA_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation")
+IMAGENET_MEAN, IMAGENET_STD = DEFAULT_DATA_CONFIG["mean"], DEFAULT_DATA_CONFIG["std"]
+
+
+def data_config(source: Any = None) -> dict[str, Any]:
+    """input_size, mean, std, crop_pct and interpolation of a model (its ``pretrained_cfg``) or a registry
+    name (``get_data_config``); the registry's defaults for anything else (None, an unknown name, a model
+    from outside the registry)."""
+    cfg: Any = None
+    if isinstance(source, str):
+        try:
+            cfg = get_data_config(source)
+        except ModelConfigError:
+            cfg = None
+    elif source is not None:
+        cfg = getattr(source, "pretrained_cfg", None)
+    out = {k: DEFAULT_DATA_CONFIG[k] for k in DATA_KEYS}
+    out.update({k: v for k, v in dict(cfg or {}).items() if k in DATA_KEYS and v is not None})
+    return out
 
 
 def interpolation_mode(name: str | InterpolationMode) -> InterpolationMode:
@@ -110,14 +132,14 @@ def train_transform(
     *,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
-    interpolation: str = "bicubic",
+    interpolation: str = DEFAULT_DATA_CONFIG["interpolation"],
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1",
-    color_jitter: float | None = 0.4,
+    auto_augment: str | None = None,
+    color_jitter: float | None = None,
     force_color_jitter: bool = False,
-    random_erasing: float = 0.25,
+    random_erasing: float = 0.0,
 ) -> v2.Compose:
     interp = interpolation_mode(interpolation)
     ops: list = [v2.RandomResizedCrop(image_size, scale=tuple(scale), ratio=tuple(ratio), interpolation=interp, antialias=True)]
@@ -136,7 +158,12 @@ def train_transform(
 
 
 def eval_transform(
-    image_size: int, *, crop_pct: float = 0.875, interpolation: str = "bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD
+    image_size: int,
+    *,
+    crop_pct: float = DEFAULT_DATA_CONFIG["crop_pct"],
+    interpolation: str = DEFAULT_DATA_CONFIG["interpolation"],
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 ) -> v2.Compose:
     if not 0 < crop_pct <= 1:
         raise InputError(f"crop_pct must be in (0, 1], got {crop_pct}")

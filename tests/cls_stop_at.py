@@ -1,0 +1,26 @@
+"""Test helper for the crash/resume tests: a callback that stops the process at a given optimiser step the
+way a crash (SIGKILL) or a scheduler (SIGTERM) does. Loaded by tools/train_cls.py through its class path
+(tests/ on PYTHONPATH), so the library carries no test hook."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class StopAt(Callback):
+    """Send ``signal`` (KILL or TERM) to this process: KILL at the start of the batch of optimiser step
+    ``step`` (the step is lost, as in a crash), TERM at the end of that step."""
+
+    def __init__(self, step: int, signal: str = "KILL"):
+        self.step, self.signal = int(step), signal
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.signal == "KILL" and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.signal == "TERM" and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,359 @@
+"""Classification reliability (docs/reliability.md): crash and resume through the real command line (SIGKILL
+mid-epoch, SIGTERM), corrupt checkpoints, one-line errors, non-finite losses, two-process DDP equal to one
+process, and what every kind of image file becomes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from swtasks.cls import Checkpoint, ClassificationModule, InputError, NonFiniteLossError
+from swtasks.cls.cli import main
+from swtasks.cls.data import ImageFolderDataset, read_rgb
+from swtasks.cls.synthetic import write_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+TINY = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": [9, 7, 5, 3]}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel") / "data"
+    return write_image_folder(str(root), num_classes=3, train_per_class=8, val_per_class=2, image_size=32)
+
+
+def env():
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    e.pop("LOCAL_RANK", None)
+    e["OMP_NUM_THREADS"] = "2"
+    return e
+
+
+# 24 images, batch 4: 6 optimiser steps per epoch, 2 epochs. Everything with state or randomness is on:
+# EMA, sparse training (masks + prune/regrow schedule), MixUp/CutMix, RandAugment, random erasing, drop path,
+# a data-loader worker process; last.ckpt every 4 steps.
+RECIPE = {
+    "seed_everything": 0,
+    "trainer": {
+        "accelerator": "cpu", "devices": 1, "max_epochs": 2, "enable_progress_bar": False,
+        "enable_model_summary": False, "logger": False, "num_sanity_val_steps": 0,
+        "callbacks": [{"class_path": "swtasks.cls.SparseTraining",
+                       "init_args": {"sparsity": 0.5, "update_interval": 2, "align_interval": 3}}],
+    },
+    "model": {
+        "backbone": "shiftwise_atto", "num_classes": 3, "backbone_kwargs": TINY, "drop_path_rate": 0.1,
+        "lr": 4e-3, "ema_decay": 0.9, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+    },
+    "data": {
+        "image_size": 32, "batch_size": 4, "num_workers": 1, "auto_augment": "rand-m9-mstd0.5-inc1",
+        "random_erasing": 0.25,
+    },
+    "checkpoint": {"save_last_every_n_steps": 4},
+}  # fmt: skip
+
+
+def run_fit(folder, root: Path, *, stop: dict | None = None, resume: bool = False):
+    cfg = json.loads(json.dumps(RECIPE))
+    cfg["trainer"]["default_root_dir"] = str(root)
+    cfg["data"]["root"] = folder
+    if stop:
+        cfg["trainer"]["callbacks"].append({"class_path": "cls_stop_at.StopAt", "init_args": stop})
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cfg.yaml").write_text(json.dumps(cfg))
+    cmd = [sys.executable, str(REPO / "tools/train_cls.py"), "fit", "--config", str(root / "cfg.yaml")]
+    if resume:
+        cmd += ["--ckpt_path", "last"]
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def state_of(path: Path) -> dict:
+    ck = torch.load(path, weights_only=True)
+    sparse = next(v for k, v in ck["callbacks"].items() if k.startswith("SparseTraining"))
+    return {"global_step": ck["global_step"], "state_dict": ck["state_dict"], "optimizer": ck["optimizer_states"],
+            "scheduler": ck["lr_schedulers"], "sparse": sparse}  # fmt: skip
+
+
+def assert_same(a, b, where="") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("full")
+    r = run_fit(folder, root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return state_of(root / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(folder, tmp_path, uninterrupted):
+    """SIGKILL at the start of step 9 (epoch 2, its 3rd batch): last.ckpt is from step 8, mid-epoch. The
+    resumed run ends with the uninterrupted run's weights, EMA, sparsity masks, optimiser, lr schedule and
+    sparse-training schedule, bit for bit."""
+    r = run_fit(folder, tmp_path, stop={"step": 9, "signal": "KILL"})
+    assert r.returncode == -9, r.stderr[-3000:]
+    killed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert killed["global_step"] == 8  # mid-epoch: epoch 2 has steps 7..12
+    position = killed["ImageClassificationDataModule"]["train_position"]
+    assert position == {"epoch": 1, "batches": 2}
+    r = run_fit(folder, tmp_path, resume=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = state_of(tmp_path / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == uninterrupted["global_step"] == 12
+    assert any(k.endswith("kernel_mask") for k in resumed["state_dict"])
+    assert any(k.startswith("ema.module.") for k in resumed["state_dict"])
+    assert_same(uninterrupted, resumed)
+
+
+def test_sigterm_saves_a_checkpoint_and_resumes_exactly(folder, tmp_path, uninterrupted):
+    r = run_fit(folder, tmp_path, stop={"step": 5, "signal": "TERM"})
+    assert "SIGTERM: saved" in r.stdout + r.stderr, r.stderr[-3000:]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 5
+    r = run_fit(folder, tmp_path, resume=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same(uninterrupted, state_of(tmp_path / "checkpoints" / "last.ckpt"))
+
+
+def cli(args, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def small(folder, root, *extra):
+    return [
+        "--model.backbone", "shiftwise_atto", "--model.num_classes", "3", "--model.backbone_kwargs", json.dumps(TINY),
+        "--data.root", folder, "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(root), *extra,
+    ]  # fmt: skip
+
+
+def test_corrupt_or_truncated_checkpoint_is_named(folder, tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "truncated.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, tmp_path / "good.ckpt")
+    bad.write_bytes((tmp_path / "good.ckpt").read_bytes()[:300])
+    for sub in ("validate", "fit"):
+        err = cli([sub, *small(folder, tmp_path), "--ckpt_path", str(bad)], monkeypatch, capsys)
+        assert str(bad) in err and "truncated or corrupt" in err
+    # "last" resolves to a file that turns out truncated: named too (read by the trainer's checkpoint IO)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    err = cli(["fit", *small(folder, tmp_path), "--ckpt_path", "last"], monkeypatch, capsys)
+    assert "last.ckpt" in err
+
+
+def test_validate_with_a_checkpoint_of_another_class_count(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
+    main(["fit", *small(folder, tmp_path, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1")])
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    other = write_image_folder(str(tmp_path / "five"), num_classes=5, train_per_class=1, val_per_class=2)
+    capsys.readouterr()
+    err = cli(["validate", *small(other, tmp_path), "--model.num_classes", "5", "--ckpt_path", str(ckpt)], monkeypatch, capsys)
+    assert "model.num_classes=3 (from the checkpoint" in err and "has 5 classes" in err
+    # from Python, a module built for 5 classes and the 3-class checkpoint: one InputError naming both
+    module = ClassificationModule("shiftwise_atto", num_classes=5, backbone_kwargs=TINY)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    from swtasks.cls import ImageClassificationDataModule
+
+    dm = ImageClassificationDataModule(root=other, image_size=32, batch_size=4, num_workers=0)
+    with pytest.raises(InputError, match=r"trained with 3 classes .* model.num_classes=5"):
+        trainer.validate(module, dm, ckpt_path=str(ckpt), verbose=False)
+
+
+def test_corrupt_image_in_a_worker_process_is_one_line(folder, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    bad = data / "train" / "class_1" / "zz_broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    err = cli(
+        ["fit", *small(str(data), tmp_path, "--data.num_workers", "1", "--trainer.max_epochs", "1",
+                       "--data.persistent_workers", "false")],
+        monkeypatch, capsys,
+    )  # fmt: skip
+    assert f"cannot read image {bad}" in err and "DataLoader worker" not in err and "data.corrupt_images=skip" in err
+
+
+def test_data_too_small_for_the_batch(folder, tmp_path, monkeypatch, capsys):
+    err = cli(["fit", *small(folder, tmp_path, "--data.batch_size", "64")], monkeypatch, capsys)
+    assert "has 24 training images, fewer than one batch of data.batch_size=64" in err
+    assert "--data.batch_size 24" in err
+
+
+def test_image_size_too_small_for_the_model(folder, tmp_path, monkeypatch, capsys):
+    err = cli(["fit", *small(folder, tmp_path, "--data.image_size", "16")], monkeypatch, capsys)
+    assert "data.image_size=16 is smaller than the total stride 32" in err
+    err = cli(["fit", "--config", str(REPO / "configs/cls/demo.yaml"), "--data.image_size", "20"], monkeypatch, capsys)
+    assert "image_size 20 is too small for the procedural dataset 'longrange'" in err
+
+
+# ------------------------------------------------------------------------------------------ non-finite
+def nan_at(batch: int, n_batches: int = 6, bs: int = 4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_batches * bs, 3, 32, 32, generator=g)
+    x[batch * bs] = float("nan")
+    y = torch.arange(n_batches * bs) % 3
+    return DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=False)
+
+
+def fit_nan(tmp_path, mode):
+    module = ClassificationModule(
+        "shiftwise_atto", num_classes=3, backbone_kwargs=TINY, nonfinite_loss=mode, ema_decay=0.9, lr=1e-3
+    )
+    ck = Checkpoint(dirpath=str(tmp_path / "checkpoints"), save_last=True, monitor=None)
+    snap = {}
+
+    class Snap(L.Callback):  # the weights after each step, to compare with the saved "last good state"
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            snap[trainer.global_step] = {k: v.clone() for k, v in pl_module.backbone.state_dict().items()}
+
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[ck, Snap()], default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    return module, trainer, snap
+
+
+def test_nonfinite_loss_stops_with_the_step_and_the_last_good_state(tmp_path):
+    module, trainer, snap = fit_nan(tmp_path, "stop")
+    with pytest.raises(NonFiniteLossError) as e:
+        trainer.fit(module, nan_at(3))
+    msg = str(e.value)
+    path = tmp_path / "checkpoints" / "nonfinite-step000003.ckpt"
+    assert "at step 3 (epoch 0, batch 3)" in msg and str(path) in msg
+    saved = torch.load(path, weights_only=True)
+    assert saved["global_step"] == 3
+    good = {k[len("backbone.") :]: v for k, v in saved["state_dict"].items() if k.startswith("backbone.")}
+    assert_same(snap[3], good)  # the weights after step 3, untouched by the failing batch
+    assert all(torch.isfinite(v).all() for v in good.values() if v.is_floating_point())
+
+
+def test_nonfinite_loss_skip_mode_skips_the_batch(tmp_path):
+    module, trainer, snap = fit_nan(tmp_path, "skip")
+    with pytest.warns(UserWarning, match=r"skipping the batch at step 3 .*non-finite loss nan \(1 so far\)"):
+        trainer.fit(module, nan_at(3))
+    assert module.skipped_batches == 1
+    assert_same(snap[3], snap[4])  # no update from the skipped batch
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+# ------------------------------------------------------------------------------------------ DDP
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_of_the_same_global_batch(folder, tmp_path):
+    """2 processes x batch 4 (gloo, all-reduce BatchNorm) against 1 process x batch 8, 6 steps: the same
+    samples per step (the sampler interleaves the ranks), the same BatchNorm statistics and the mean
+    gradient. Equal up to floating-point summation order, stated as: every weight within 1e-4 (max |diff|;
+    lr 1e-3, so about 2% of one Adam step, whose normalisation passes rounding differences on), the
+    BatchNorm running statistics within 2% of each tensor's largest value (+1e-4; stage 4 sees 1x1 maps,
+    8 values per channel). With per-process BatchNorm
+    (--model.sync_batchnorm false) weights differ by 5e-3 and running variances by up to 2.0 (of ~6). Per-process random draws
+    (MixUp/CutMix pairs, drop path) are off: they are drawn per process, not per sample."""
+
+    def fit(root, devices, batch):
+        args = small(
+            folder, root, "--trainer.devices", str(devices), "--data.batch_size", str(batch), "--trainer.max_epochs",
+            "2", "--model.drop_path_rate", "0", "--model.lr", "1e-3", "--model.base_batch_size", "null",
+            "--model.label_smoothing", "0", "--trainer.num_sanity_val_steps", "0",
+        )  # fmt: skip
+        if devices > 1:
+            args += ["--trainer.strategy", "ddp"]
+        cmd = [sys.executable, str(REPO / "tools/train_cls.py"), "fit", *args]
+        r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+
+    one, two = fit(tmp_path / "one", 1, 8), fit(tmp_path / "two", 2, 4)
+    assert one["global_step"] == two["global_step"] == 6
+    weights = {}
+    for k, v in two["state_dict"].items():
+        if k.startswith("backbone.") and v.is_floating_point():
+            ref = one["state_dict"][k]
+            if "running_" in k:
+                assert float((v - ref).abs().max()) <= 0.02 * float(ref.abs().max()) + 1e-4, k
+            else:
+                weights[k] = float((ref.double() - v.double()).abs().max())
+    worst = max(weights, key=weights.get)
+    assert weights[worst] < 1e-4, (worst, weights[worst])
+
+
+# ------------------------------------------------------------------------------------------ images
+def test_every_kind_of_image_file(tmp_path):
+    """docs/reliability.md, "Images": what each file becomes (8-bit RGB), or the error naming it."""
+    arr = np.zeros((8, 8), np.uint16)
+    arr[:, :4], arr[:, 4:] = 65535, 32896  # 32896 = 128 * 257
+    Image.fromarray(arr).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    px = np.asarray(read_rgb(str(tmp_path / "gray16.png")))
+    assert px.shape == (8, 8, 3) and (px[:, :4] == 255).all() and (px[:, 4:] == 128).all()  # scaled, not clipped
+
+    Image.fromarray(np.full((6, 6), 77, np.uint8), "L").save(tmp_path / "gray.png")
+    assert (np.asarray(read_rgb(str(tmp_path / "gray.png"))) == 77).all()
+
+    Image.new("CMYK", (6, 6), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # pure red in CMYK
+    r, g, b = np.asarray(read_rgb(str(tmp_path / "cmyk.jpg"))).reshape(-1, 3).mean(0)
+    assert r > 200 and g < 60 and b < 60
+
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    rgba[..., 2] = 255  # blue
+    rgba[:3, :, 3] = 255  # top half opaque, bottom half fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    px = np.asarray(read_rgb(str(tmp_path / "alpha.png")))
+    assert (px[:3] == [0, 0, 255]).all() and (px[3:] == 255).all()  # transparent -> white background
+
+    pal = Image.new("P", (6, 6), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "palette.png", transparency=0)
+    assert (np.asarray(read_rgb(str(tmp_path / "palette.png"))) == [10, 200, 30]).all()
+
+    Image.new("RGB", (400, 300)).save(tmp_path / "large.png")
+    with pytest.raises(OSError, match=r"400x300 = 120000 pixels, more than data.max_image_pixels=100000"):
+        read_rgb(str(tmp_path / "large.png"), max_pixels=100_000)
+
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "full.jpg", quality=95)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match="(?i)truncated"):
+        read_rgb(str(tmp_path / "truncated.jpg"))
+
+    # through the dataset: the error names the file (corrupt_images=error) or the sample is replaced (skip)
+    samples = [(str(tmp_path / n), 0) for n in ("gray16.png", "truncated.jpg", "large.png", "alpha.png")]
+    ds = ImageFolderDataset(samples, ["a"], max_image_pixels=100_000)
+    assert ds[0][0].size == (8, 8)
+    with pytest.raises(InputError, match=r"cannot read image .*truncated.jpg"):
+        ds[1]
+    with pytest.raises(InputError, match=r"cannot read image .*large.png: 400x300"):
+        ds[2]
+    skipping = ImageFolderDataset(samples, ["a"], corrupt_images="skip", max_image_pixels=100_000)
+    with pytest.warns(UserWarning, match="truncated.jpg"):
+        img, _ = skipping[1]
+    assert img.size == (6, 6) and skipping.skipped == 2  # truncated.jpg and large.png skipped -> alpha.png
