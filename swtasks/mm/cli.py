@@ -257,6 +257,9 @@ def add_show_dir(cfg, task: str, show_dir: str) -> str:
         visualizer = cfg.get("visualizer") or dict(type="SegLocalVisualizer", name="visualizer")
         visualizer.setdefault("vis_backends", [dict(type="LocalVisBackend")])
         visualizer["save_dir"] = show_dir
+        # mmengine keeps one visualizer instance per name for the whole process: a name of its own, so an
+        # earlier run in the same process (its save_dir) is not reused
+        visualizer["name"] = f"swtasks_show:{show_dir}"
         cfg.visualizer = visualizer
     hooks["visualization"] = hook
     return show_dir
