@@ -59,6 +59,7 @@ from swtasks.layers.common import (
 
 from .common import FeatureInfo, as_stage_tuple, check_image_input, checkpoint_block
 from .registry import ModelConfigError, check_overrides, register_family, register_model
+from .shiftwise_cpu import block_forward_nchw, use_nchw_path
 from .shiftwise_official import SHIFTWISE_ADAPTER
 
 __all__ = [
@@ -143,6 +144,8 @@ class ShiftWiseBlock(nn.Module):
         return self.drop_path(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_nchw_path(x):  # CPU: the same function with fewer memory passes (swtasks/models/shiftwise_cpu.py)
+            return block_forward_nchw(self, x)
         return x + self.residual(x)
 
     @torch.no_grad()
