@@ -51,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per case (default 2 CPU, 10 CUDA)")
     p.add_argument("--baseline", default=None, help="model for the relative column (default convnext_t if measured)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one call per case: where the time goes (matrix products, depthwise "
+                        "convolutions, normalisation, elementwise, optimiser)")
     p.add_argument("--drop-path", type=float, default=0.0, help="drop_path_rate of every model (default 0)")
     p.add_argument("--skip-missing", action="store_true", help="skip (with a warning) names not in the registry")
     p.add_argument("--csv", default=None, help="write the results as CSV")
@@ -75,16 +78,25 @@ def main(argv=None) -> int:
     results = bm.run_benchmark(
         specs, device=args.device, batch_size=args.batch_size, image_size=args.image_size, modes=args.modes,
         structures=args.structures, channels_last=args.channels_last, compile=args.compile, amp=args.amp,
-        repeats=args.repeats, warmup=args.warmup, memory=not args.no_memory, baseline=args.baseline,
+        repeats=args.repeats, warmup=args.warmup, memory=not args.no_memory, profile=args.profile,
+        baseline=args.baseline,
         drop_path_rate=args.drop_path, show_progress=not args.no_progress,
     )  # fmt: skip
     env["load average at end"] = bm.environment(args.device).get("load average (1/5/15 min)", "n/a")
     print(bm.format_table(results))
+    profiled = [r.breakdown for r in results if r.breakdown is not None and not r.note]
+    if profiled:
+        from swtasks.analysis.profile import format_breakdowns
+
+        print("\n" + format_breakdowns(profiled))
     if args.csv:
         bm.write_csv(results, args.csv)
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write("\n" + bm.format_markdown(results, env, bm.command_line(), args.title))
+            if profiled:
+                f.write("\nWhere the time goes (one profiled call per case):\n\n" + format_breakdowns(profiled, True)
+                        + "\n")
     return 0
 
 

@@ -111,6 +111,7 @@ class BenchmarkResult:
     note: str = ""
     times: list[float] = field(default_factory=list, repr=False)  # seconds per iteration, one per round
     cpu_times: list[float] = field(default_factory=list, repr=False)
+    breakdown: Any = field(default=None, repr=False)  # swtasks.analysis.profile.Breakdown with profile=True
 
     def as_row(self) -> dict[str, Any]:
         d = asdict(self)
@@ -296,6 +297,7 @@ def run_benchmark(
     warmup: int | None = None,
     min_sample_s: float | None = None,
     memory: bool = True,
+    profile: bool = False,
     baseline: str | None = None,
     num_classes: int = 1000,
     drop_path_rate: float = 0.0,
@@ -307,7 +309,8 @@ def run_benchmark(
     repeats / warmup / min_sample_s default to 5 / 2 / 0.05 s on CPU and 20 / 10 / 0.2 s on CUDA.
     baseline: the model the `rel_to_baseline` column divides by (default: `convnext_t` or
     `torchvision:convnext_tiny` when measured, else the first model). amp: 'none', 'bf16' or 'fp16'
-    (torch.autocast; fp16 training uses a GradScaler)."""
+    (torch.autocast; fp16 training uses a GradScaler). profile: also profile one call of every inference
+    and training-step case (swtasks.analysis.profile) into `result.breakdown`."""
     specs = [m if isinstance(m, ModelSpec) else ModelSpec(m) for m in models]
     if not specs:
         raise ValueError("no models to benchmark")
@@ -396,6 +399,15 @@ def run_benchmark(
                 mem[c.label] = peak_memory_mib(c.run, dev, resident)
                 bar.update()
 
+    breakdowns = {}
+    if profile:
+        from .profile import profile_breakdown
+
+        todo = [c for c in measured if c.label[2] != "latency"]
+        with Progress(len(todo), "profiling", disable=not show_progress) as bar:
+            for c in todo:
+                breakdowns[c.label] = profile_breakdown(c.run, label=f"{c.label[0]} {c.label[1]} {c.label[2]}")
+                bar.update()
     by_label = {c.label: c for c in measured}
     results = []
     dtype = "fp32" if amp_dtype is None else f"{amp} autocast"
@@ -410,6 +422,7 @@ def run_benchmark(
             channels_last=channels_last, compile=compile, peak_mem_mib=mem.get(src.label), note=c.note,
             times=list(src.times), cpu_times=list(src.cpu_times),
             cpu_ms_per_batch=None if cuda else 1e3 * statistics.median(src.cpu_times),
+            breakdown=breakdowns.get(src.label),
         ))  # fmt: skip
     _relative(results, baseline)
     return results

@@ -58,6 +58,35 @@ def _batch_norm_scaled(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor)
                         use_batch_stats, factor, bn.eps)
 
 
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor,
+               inplace: bool = False) -> torch.Tensor:
+    """Linear(weight (Cout, Cin), bias) of `in_scale * x` over the channels of an NCHW tensor, output NCHW;
+    in_scale (B, Cin, 1, 1) is a per-sample channel factor (the SE or GRN scale).
+
+    Large maps with few channels (stages 1-2 of the paper variants) run as one GEMM per sample with the factor
+    in the weight, (W * s_b) @ x_b: the per-sample weights are 5-40x smaller than the map, so the scaled map is
+    never written. Small maps with many channels scale the map (in place when `inplace`) and run a 1x1
+    convolution (oneDNN), which is faster there than per-sample GEMMs."""
+    b, cin, h, w = x.shape
+    cout = weight.shape[0]
+    if h * w >= max(cin, cout):
+        wb = weight.to(x.dtype).unsqueeze(0) * in_scale.view(b, 1, cin).to(x.dtype)
+        xb = x.reshape(b, cin, h * w)
+        out = torch.bmm(wb, xb) if bias is None else torch.baddbmm(bias.to(x.dtype).view(1, cout, 1), wb, xb)
+        return out.view(b, cout, h, w)
+    x = x.mul_(in_scale) if inplace else x * in_scale
+    return F.conv2d(x, weight.view(cout, cin, 1, 1), bias)
+
+
+def _squeeze_excite(se, y: torch.Tensor) -> torch.Tensor:
+    """SEBlock's channel scale (B, C, 1, 1) with its 1x1 convolutions as Linears on the pooled (B, C) vector
+    (oneDNN spends milliseconds setting up a convolution on a 1x1 map)."""
+    s = y.mean(dim=(2, 3))
+    d, u = se.down, se.up
+    s = F.relu(F.linear(s, d.weight.flatten(1), d.bias))
+    return torch.sigmoid(F.linear(s, u.weight.flatten(1), u.bias)).view(*s.shape[:1], -1, 1, 1)
+
+
 def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
     """`x + block.residual(x)` for an NCHW input, computed NCHW throughout (see the module docstring)."""
     lk = block.large_kernel
@@ -66,20 +95,16 @@ def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
         y = block.norm(y)
     elif not isinstance(block.norm, nn.Identity):
         y = block.norm(y, lk.ghost_idx)  # GhostChannelAffine
-    y = block.se(y)
-    lin1, lin2, grn = block.pwconv1[1], block.pwconv2[0], block.act[1]
-    c4, c = lin1.weight.shape
     inplace = not torch.is_grad_enabled()  # no autograd graph: overwrite fresh intermediates
-    u = F.conv2d(y, lin1.weight.view(c4, c, 1, 1), lin1.bias)
+    lin1, lin2, grn = block.pwconv1[1], block.pwconv2[0], block.act[1]
+    u = _pointwise(y, lin1.weight, lin1.bias, _squeeze_excite(block.se, y))  # SE scale, then Linear C -> 4C
     gelu = block.act[0]
     u = torch._C._nn.gelu_(u, approximate=gelu.approximate) if inplace and type(gelu) is nn.GELU else gelu(u)
-    scale = _grn_scale(u, grn)
-    u = u.mul_(scale) if inplace else u * scale
     bias = lin2.bias
     if grn.use_bias:  # GRN's beta through the product: W (v + beta) = W v + W beta
         wb = lin2.weight @ grn.beta.reshape(-1).to(lin2.weight.dtype)
         bias = wb if bias is None else bias + wb
-    out = F.conv2d(u, lin2.weight.view(c, c4, 1, 1), bias)
+    out = _pointwise(u, lin2.weight, bias, _grn_scale(u, grn), inplace)  # GRN scale, then Linear 4C -> C
     if len(block.pwconv2) > 2:  # training structure: BatchNorm, then the layer scale
         bn = block.pwconv2[2]
         if block.gamma is not None and type(bn) is nn.BatchNorm2d:
