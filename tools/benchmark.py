@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         bm.write_csv(results, args.csv)
     if args.markdown:
         with open(args.markdown, "a") as f:
-            f.write("\n" + bm.format_markdown(results, env, bm.command_line(), args.title))
+            f.write("\n" + bm.format_markdown(results, env, bm.command_line("tools/benchmark.py", argv), args.title))
             if profiled:
                 f.write("\nWhere the time goes (one profiled call per case):\n\n" + format_breakdowns(profiled, True)
                         + "\n")

@@ -32,6 +32,7 @@ import csv
 import datetime
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -553,5 +554,6 @@ def write_csv(results: Sequence[BenchmarkResult], path: str | os.PathLike) -> No
             w.writerow(r.as_row())
 
 
-def command_line() -> str:
-    return " ".join([os.path.basename(sys.executable), *sys.argv])
+def command_line(prog: str, argv: Sequence[str] | None = None) -> str:
+    """The command as typed: `prog` and its arguments (`argv`, default sys.argv[1:]), shell-quoted."""
+    return shlex.join([prog, *(sys.argv[1:] if argv is None else argv)])
