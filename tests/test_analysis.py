@@ -184,6 +184,21 @@ def test_benchmark_tool_two_models(tmp_path):
     assert "#### test run" in md and "| model | structure | mode |" in md and "--batch-size 2" in md
 
 
+def test_zoo_table_joins_benchmark_and_erf(tmp_path):
+    from swtasks.analysis.zoo import zoo_table
+
+    bench, erf_csv = tmp_path / "b.csv", tmp_path / "erf.csv"
+    bench.write_text("model,structure,mode,rel_to_baseline,baseline\n"
+                     "shiftwise_tiny,deploy,inference,0.876,convnext_t\nshiftwise_tiny,train,train_step,0.715,convnext_t\n")
+    erf_csv.write_text("model,t0.2,t0.3,t0.5,t0.99\nshiftwise_tiny,0.0123,0.02,0.05,0.6\n")
+    table = zoo_table(["shiftwise_tiny", "shiftwise_atto"], bench, erf_csv, image_size=32).splitlines()
+    assert "inference, deploy vs convnext_t" in table[0]
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:2] == ["shiftwise_tiny", "31.8"] and cells[3:] == ["83.39", "0.88x", "0.71x", "0.012"]
+    assert 0 < float(cells[2]) < 5.25  # MACs at 32 px (swtasks.analysis.complexity counts them)
+    assert table[3].startswith("| shiftwise_atto | 4.2 |") and table[3].endswith("| - | - | - | - |")
+
+
 def test_benchmark_structure_without_deploy_form_is_measured_once():
     from swtasks.analysis.benchmark import run_benchmark
 

@@ -12,8 +12,9 @@ How (docs/analysis.md, "Benchmark"): every case is built first and warmed up; th
 time every case once (a sample = enough iterations to last `min_sample_s`), the order rotated from round
 to round. All models are therefore measured under the same machine conditions, and the ratio of a case to
 the baseline model (same structure and mode) is taken per round and its median reported, which holds on
-a noisy, shared machine where absolute numbers do not. CUDA times come from CUDA events around the sample;
-CPU times from `time.perf_counter`. Peak memory is measured in a separate call per case: on CUDA
+a noisy, shared machine where absolute numbers do not. CUDA times come from CUDA events around the sample
+(cudnn.benchmark on); CPU times from `time.perf_counter`, with the process CPU time (all threads) beside
+them. Peak memory is measured in a separate call per case: on CUDA
 `torch.cuda.max_memory_allocated` (everything resident: weights, optimiser state, activations); on CPU the
 resident parameters, buffers and optimiser state plus the peak of the allocation events of PyTorch's CPU
 allocator recorded by `torch.profiler` during the call (oneDNN's internal scratch memory is not seen).
@@ -332,6 +333,8 @@ def run_benchmark(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
     cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # as training scripts do: cuDNN picks its fastest algorithms
     repeats = repeats or (20 if cuda else 5)
     warmup = (10 if cuda else 2) if warmup is None else warmup
     min_sample_s = (0.2 if cuda else 0.05) if min_sample_s is None else min_sample_s
