@@ -269,6 +269,23 @@ def _randomize(block: nn.Module, seed: int = 1) -> nn.Module:
     return block
 
 
+def test_grn_scale_backward_gradcheck():
+    from swtasks.models.shiftwise_cpu import _GRNApply, _GRNScale
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 5, 3, 4, dtype=torch.double, generator=g).requires_grad_(True)
+    gamma = torch.randn(1, 5, 1, 1, dtype=torch.double, generator=g).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: _GRNScale.apply(a, b, 1e-6), (u, gamma))
+    assert torch.autograd.gradcheck(lambda a, b: _GRNApply.apply(a, b, 1e-6), (u, gamma))
+    # the oracle of both: GRN as its definition states it (docs/models.md), differentiated by autograd
+    gx = u.square().sum(dim=(2, 3), keepdim=True).sqrt()
+    ref = (gamma * gx / (gx.mean(dim=1, keepdim=True) + 1e-6) + 1) * u
+    torch.testing.assert_close(_GRNApply.apply(u, gamma, 1e-6), ref)
+    z = torch.zeros(1, 5, 3, 4, dtype=torch.double, requires_grad=True)  # zero norms: zero gradient
+    _GRNScale.apply(z, gamma.detach(), 1e-6).sum().backward()
+    assert z.grad.abs().max() == 0
+
+
 @pytest.mark.parametrize("structure", ["train", "eval", "deploy"])
 @pytest.mark.parametrize("shape", [(24, 5, 7), (16, 20, 18)], ids=["small-map", "large-map"])
 def test_nchw_block_path_matches_module_path(structure, shape):

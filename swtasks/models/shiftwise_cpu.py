@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = ["block_forward_nchw", "use_nchw_path"]
 
@@ -36,11 +37,69 @@ def use_nchw_path(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dim() == 4
 
 
+def _grn_forward(u: torch.Tensor, gamma: torch.Tensor, eps: float):
+    gx = torch.linalg.vector_norm(u, ord=2, dim=(2, 3), keepdim=True)
+    m = gx.mean(dim=1, keepdim=True) + eps
+    nx = gx / m
+    return gx, m, nx, gamma * nx + 1
+
+
+def _grn_backward(ctx, ds: torch.Tensor, du_other: torch.Tensor | None):
+    """Gradients of s = gamma * nx + 1 given dL/ds, plus the map gradient du_other from elsewhere (added)."""
+    u, gx, m, nx, gamma = ctx.saved_tensors[:5]
+    dgamma = (ds * nx).sum(dim=0, keepdim=True).to(gamma.dtype) if ctx.needs_input_grad[1] else None
+    du = None
+    if ctx.needs_input_grad[0]:
+        dnx = ds * gamma
+        # nx_c = gx_c / m with m = mean_c(gx) + eps
+        dgx = dnx / m - (dnx * gx).sum(dim=1, keepdim=True) / (m * m * gx.shape[1])
+        c = torch.where(gx > 0, dgx / gx, torch.zeros_like(gx))
+        du = (u * c).to(u.dtype) if du_other is None else du_other.addcmul_(u, c.to(u.dtype))
+    return du, dgamma
+
+
+class _GRNScale(torch.autograd.Function):
+    """GRN's factor s = gamma * gx / (mean_C gx + eps) + 1 with gx = ||u||_2 over (H, W), for NCHW u.
+
+    The backward is written out: autograd's vector-norm backward divides, multiplies and masks the whole map
+    (three passes plus the accumulation); here the map is touched once, du = u * (dL/dgx / gx), everything
+    else is per (sample, channel). Zero norms get zero gradient, like vector_norm's."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+        gx, m, nx, s = _grn_forward(u, gamma, eps)
+        ctx.save_for_backward(u, gx, m, nx, gamma)
+        return s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, ds: torch.Tensor):
+        return (*_grn_backward(ctx, ds, None), None)
+
+
+class _GRNApply(torch.autograd.Function):
+    """u * s with s as in _GRNScale (GRN without beta). Backward in three passes over the map: ds = <g, u> per
+    (sample, channel), then du = g * s + u * (dL/dgx / gx) written once."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+        gx, m, nx, s = _grn_forward(u, gamma, eps)
+        ctx.save_for_backward(u, gx, m, nx, gamma, s)
+        return u * s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        u, s = ctx.saved_tensors[0], ctx.saved_tensors[5]
+        b, c = u.shape[:2]
+        ds = torch.linalg.vecdot(g.reshape(b, c, -1), u.reshape(b, c, -1)).view(b, c, 1, 1)
+        du_direct = (g * s).to(u.dtype) if ctx.needs_input_grad[0] else None
+        return (*_grn_backward(ctx, ds, du_direct), None)
+
+
 def _grn_scale(u: torch.Tensor, grn) -> torch.Tensor:
     """GRN's per-(sample, channel) factor gamma * Nx + 1 for an NCHW tensor u, shape (B, C4, 1, 1)."""
-    gx = torch.linalg.vector_norm(u, ord=2, dim=(2, 3), keepdim=True)
-    nx = gx / (gx.mean(dim=1, keepdim=True) + grn.eps)
-    return grn.gamma.reshape(1, -1, 1, 1).to(u.dtype) * nx + 1
+    return _GRNScale.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps)
 
 
 def _batch_norm_scaled(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -58,23 +117,29 @@ def _batch_norm_scaled(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor)
                         use_batch_stats, factor, bn.eps)
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor,
-               inplace: bool = False) -> torch.Tensor:
-    """Linear(weight (Cout, Cin), bias) of `in_scale * x` over the channels of an NCHW tensor, output NCHW;
-    in_scale (B, Cin, 1, 1) is a per-sample channel factor (the SE or GRN scale).
+def _per_sample_gemm(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Large maps with few channels (stages 1-2 of the paper variants at 224 px): one GEMM per sample."""
+    return x.shape[2] * x.shape[3] >= max(weight.shape)
 
-    Large maps with few channels (stages 1-2 of the paper variants) run as one GEMM per sample with the factor
-    in the weight, (W * s_b) @ x_b: the per-sample weights are 5-40x smaller than the map, so the scaled map is
-    never written. Small maps with many channels scale the map (in place when `inplace`) and run a 1x1
-    convolution (oneDNN), which is faster there than per-sample GEMMs."""
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               in_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear(weight (Cout, Cin), bias) of `in_scale * x` over the channels of an NCHW tensor, output NCHW;
+    in_scale (B, Cin, 1, 1) is an optional per-sample channel factor (the SE or GRN scale).
+
+    Large maps with few channels run as one GEMM per sample with the factor in the weight, (W * s_b) @ x_b:
+    the per-sample weights are 5-40x smaller than the map, so the scaled map is never written. Small maps
+    with many channels scale the map and run a 1x1 convolution (oneDNN), faster there than per-sample GEMMs."""
     b, cin, h, w = x.shape
     cout = weight.shape[0]
-    if h * w >= max(cin, cout):
-        wb = weight.to(x.dtype).unsqueeze(0) * in_scale.view(b, 1, cin).to(x.dtype)
+    if _per_sample_gemm(x, weight):
+        wt = weight.to(x.dtype).unsqueeze(0)
+        wb = wt.expand(b, cout, cin) if in_scale is None else wt * in_scale.view(b, 1, cin).to(x.dtype)
         xb = x.reshape(b, cin, h * w)
         out = torch.bmm(wb, xb) if bias is None else torch.baddbmm(bias.to(x.dtype).view(1, cout, 1), wb, xb)
         return out.view(b, cout, h, w)
-    x = x.mul_(in_scale) if inplace else x * in_scale
+    if in_scale is not None:
+        x = x * in_scale
     return F.conv2d(x, weight.view(cout, cin, 1, 1), bias)
 
 
@@ -88,7 +153,9 @@ def _squeeze_excite(se, y: torch.Tensor) -> torch.Tensor:
 
 
 def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
-    """`x + block.residual(x)` for an NCHW input, computed NCHW throughout (see the module docstring)."""
+    """`x + block.residual(x)` for an NCHW input, computed NCHW throughout (see the module docstring). A
+    channels-last input is made contiguous once (the block's output, and so the next block's input, is NCHW)."""
+    x = x.contiguous()
     lk = block.large_kernel
     y = lk(x)
     if not block.deploy:
@@ -104,7 +171,14 @@ def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
     if grn.use_bias:  # GRN's beta through the product: W (v + beta) = W v + W beta
         wb = lin2.weight @ grn.beta.reshape(-1).to(lin2.weight.dtype)
         bias = wb if bias is None else bias + wb
-    out = _pointwise(u, lin2.weight, bias, _grn_scale(u, grn), inplace)  # GRN scale, then Linear 4C -> C
+    if _per_sample_gemm(u, lin2.weight):  # GRN scale folded into per-sample weights, then Linear 4C -> C
+        out = _pointwise(u, lin2.weight, bias, _grn_scale(u, grn))
+    else:  # GRN applied to the map (in place without autograd), then the 1x1 convolution
+        if inplace:
+            u = u.mul_(_grn_scale(u, grn))
+        else:
+            u = _GRNApply.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps)
+        out = _pointwise(u, lin2.weight, bias)
     if len(block.pwconv2) > 2:  # training structure: BatchNorm, then the layer scale
         bn = block.pwconv2[2]
         if block.gamma is not None and type(bn) is nn.BatchNorm2d:
