@@ -1,26 +1,34 @@
 """The ShiftWiseNet block's forward on CPU: the same function as `ShiftWiseBlock.residual`, with fewer
 passes over memory.
 
-Why it exists: on CPU the block is bound by memory traffic outside its two matrix products (measurements:
-benchmarks/RESULTS.md, "Where the CPU time goes"). The module path lays the MLP out channels-last by
-permuting an NCHW tensor, so the first Linear copies its input, the GRN's L2 norm reduces over the outer
-(H, W) dimensions of an NHWC tensor (PyTorch's CPU norm kernel is ~10x slower there than over a contiguous
-inner dimension) and the residual add mixes NCHW and NHWC strides. Here everything stays NCHW:
+Why it exists: outside its two matrix products the block is bound by memory traffic on CPU, and the module
+path adds traffic (measurements: benchmarks/RESULTS.md, "Whole models on CPU"). It lays the MLP out
+channels-last by permuting an NCHW tensor, so the first Linear copies its input; GRN's L2 norm reduces over
+the outer (H, W) dimensions of an NHWC tensor (PyTorch's CPU norm kernel is ~10x slower there than over a
+contiguous inner dimension) and its autograd backward makes several passes over the map; the residual add
+mixes NCHW and NHWC strides. Here everything stays NCHW:
 
-- the operator and the BatchNorm after it run as in the module (the strip convolutions prefer NCHW on CPU,
-  and their backward is slow in channels-last); in the deploy structure the ghost channels' affine is
-  applied in place on the operator's fresh output;
-- the pointwise Linears run as 1x1 convolutions on the NCHW tensor (the same matrix product, no copy);
-- GELU, then GRN with its norm over the contiguous (H, W) dimensions; GRN's beta goes into the second
-  product's bias (W beta), exactly as the deploy fold does;
-- the BatchNorm after the second product takes the layer scale into its affine (training: batch statistics
-  are the same; eval: the same per-channel affine), and the residual add is NCHW + NCHW.
+- the operator and the BatchNorm after it run as the modules do (the strip convolutions prefer NCHW on CPU,
+  and their backward is much slower channels-last);
+- SE's two 1x1 convolutions on the pooled vector run as Linears (oneDNN spends milliseconds setting up a
+  convolution on a 1x1 map);
+- each pointwise Linear is one GEMM per sample, (W * scale_b) @ x_b, where the map is large (stages 1-2 at
+  224 px): the SE / GRN scale then lives in the small per-sample weight and the scaled map is never
+  written; elsewhere the map is scaled and a 1x1 convolution runs (oneDNN is faster there);
+- GELU, then GRN with its norm over the contiguous (H, W) dimensions and a written-out backward (one pass
+  over the map for the norm's term, three for norm + scale, instead of autograd's six or seven); GRN's beta
+  goes into the second product's bias (W beta), as the deploy fold does;
+- the BatchNorm after the second product takes the layer scale into its affine (the same batch statistics
+  and running statistics), and the residual add is NCHW + NCHW; without autograd, fresh intermediates are
+  overwritten in place.
 
-Every result equals the module path up to float rounding (tests/test_analysis.py checks forward and
-gradients against `ShiftWiseBlock.residual`, training and deploy structures). The module path stays the
-reference and is used on other devices (the GPU has its own fused operator; this path is unmeasured there).
-Imports torch only.
+Every result equals the module path up to float rounding (tests/test_analysis.py checks outputs, input and
+parameter gradients and BatchNorm statistics against `x + ShiftWiseBlock.residual(x)` for the training,
+eval and deploy structures, and gradchecks the GRN functions). The module path stays the reference and runs
+on other devices (the GPU has its own fused operator; this path is unmeasured there). Forward hooks on the
+block's submodules after the operator (se, pwconv1, act, pwconv2) do not fire on this path. Imports torch.
 """
+
 
 from __future__ import annotations
 
@@ -44,9 +52,10 @@ def _grn_forward(u: torch.Tensor, gamma: torch.Tensor, eps: float):
     return gx, m, nx, gamma * nx + 1
 
 
-def _grn_backward(ctx, ds: torch.Tensor, du_other: torch.Tensor | None):
-    """Gradients of s = gamma * nx + 1 given dL/ds, plus the map gradient du_other from elsewhere (added)."""
-    u, gx, m, nx, gamma = ctx.saved_tensors[:5]
+def _grn_backward(ctx, saved: tuple, ds: torch.Tensor, du_other: torch.Tensor | None):
+    """Gradients of s = gamma * nx + 1 given dL/ds, plus the map gradient du_other from elsewhere (added).
+    `saved` is ctx.saved_tensors, read once by the caller (activation checkpointing allows one unpack)."""
+    u, gx, m, nx, gamma = saved[:5]
     dgamma = (ds * nx).sum(dim=0, keepdim=True).to(gamma.dtype) if ctx.needs_input_grad[1] else None
     du = None
     if ctx.needs_input_grad[0]:
@@ -74,7 +83,7 @@ class _GRNScale(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, ds: torch.Tensor):
-        return (*_grn_backward(ctx, ds, None), None)
+        return (*_grn_backward(ctx, ctx.saved_tensors, ds, None), None)
 
 
 class _GRNApply(torch.autograd.Function):
@@ -90,11 +99,12 @@ class _GRNApply(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        u, s = ctx.saved_tensors[0], ctx.saved_tensors[5]
+        saved = ctx.saved_tensors
+        u, s = saved[0], saved[5]
         b, c = u.shape[:2]
         ds = torch.linalg.vecdot(g.reshape(b, c, -1), u.reshape(b, c, -1)).view(b, c, 1, 1)
         du_direct = (g * s).to(u.dtype) if ctx.needs_input_grad[0] else None
-        return (*_grn_backward(ctx, ds, du_direct), None)
+        return (*_grn_backward(ctx, saved, ds, du_direct), None)
 
 
 def _grn_scale(u: torch.Tensor, grn) -> torch.Tensor:
