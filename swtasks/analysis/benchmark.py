@@ -8,9 +8,9 @@ the re-parameterised inference structure):
   for the training structure only (a deploy structure is not trained) -> images/s;
 - `latency`: eval mode, batch 1 -> images/s = 1 / latency (the table also shows milliseconds).
 
-How (docs/analysis.md, "Benchmark"): every case is built first and warmed up; then `repeats` rounds each
-time every case once (a sample = enough iterations to last `min_sample_s`), the order rotated from round
-to round. All models are therefore measured under the same machine conditions, and the ratio of a case to
+How (docs/analysis.md, "Benchmark"): every case is built first; then, mode by mode, the mode's cases are
+warmed up and `repeats` rounds time each of them once (a sample = enough iterations to last
+`min_sample_s`), the order rotated from round to round. All models are therefore measured under the same machine conditions, and the ratio of a case to
 the baseline model (same structure and mode) is taken per round and its median reported, which holds on
 a noisy, shared machine where absolute numbers do not. CUDA times come from CUDA events around the sample
 (cudnn.benchmark on); CPU times from `time.perf_counter`, with the process CPU time (all threads) beside
@@ -379,22 +379,27 @@ def run_benchmark(
 
     timer = _Timer(dev)
     measured = [c for c in cases if c.alias_of is None]
+    # Interleave within each mode (the ratios are per mode): a training step's gigabytes of freshly freed
+    # memory would otherwise change what the next inference call pays for its allocations.
+    groups = [[c for c in measured if c.label[2] == mode] for mode in MODES]
+    groups = [g for g in groups if g]
     with Progress(len(measured) * (repeats + 1), "warm-up", disable=not show_progress) as bar:
-        for c in measured:
-            bar.set_description(f"warm-up {'/'.join(c.label)}")
-            one = timer(c.run, 1)[0]
-            for _ in range(max(warmup - 1, 0)):
+        for group in groups:
+            for c in group:
+                bar.set_description(f"warm-up {'/'.join(c.label)}")
                 one = timer(c.run, 1)[0]
-            c.iters = max(1, int(min_sample_s / max(one, 1e-9) + 0.999)) if min_sample_s > 0 else 1
-            bar.update()
-        for r in range(repeats):
-            bar.set_description(f"round {r + 1}/{repeats}")
-            k = r % len(measured)
-            for c in measured[k:] + measured[:k]:
-                wall, cpu = timer(c.run, c.iters)
-                c.times.append(wall)
-                c.cpu_times.append(cpu)
+                for _ in range(max(warmup - 1, 0)):
+                    one = timer(c.run, 1)[0]
+                c.iters = max(1, int(min_sample_s / max(one, 1e-9) + 0.999)) if min_sample_s > 0 else 1
                 bar.update()
+            for r in range(repeats):
+                bar.set_description(f"{group[0].label[2]}: round {r + 1}/{repeats}")
+                k = r % len(group)
+                for c in group[k:] + group[:k]:
+                    wall, cpu = timer(c.run, c.iters)
+                    c.times.append(wall)
+                    c.cpu_times.append(cpu)
+                    bar.update()
     mem: dict[tuple[str, str, str], float | None] = {}
     if memory:
         with Progress(len(measured), "peak memory", disable=not show_progress) as bar:

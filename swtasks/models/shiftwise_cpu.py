@@ -167,12 +167,17 @@ def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
     channels-last input is made contiguous once (the block's output, and so the next block's input, is NCHW)."""
     x = x.contiguous()
     lk = block.large_kernel
-    y = lk(x)
+    inplace = not torch.is_grad_enabled()  # no autograd graph: overwrite fresh intermediates
+    y = lk(x)  # a fresh tensor (the operator writes its rep channels into a copy of x)
     if not block.deploy:
         y = block.norm(y)
+    elif inplace and not isinstance(block.norm, nn.Identity):  # GhostChannelAffine, into y's own ghost channels
+        idx, aff = lk.ghost_idx, block.norm
+        ghost = torch.addcmul(aff.bias.to(y.dtype).view(1, -1, 1, 1), y.index_select(1, idx),
+                              aff.weight.to(y.dtype).view(1, -1, 1, 1))
+        y = y.index_copy_(1, idx, ghost)
     elif not isinstance(block.norm, nn.Identity):
-        y = block.norm(y, lk.ghost_idx)  # GhostChannelAffine
-    inplace = not torch.is_grad_enabled()  # no autograd graph: overwrite fresh intermediates
+        y = block.norm(y, lk.ghost_idx)
     lin1, lin2, grn = block.pwconv1[1], block.pwconv2[0], block.act[1]
     u = _pointwise(y, lin1.weight, lin1.bias, _squeeze_excite(block.se, y))  # SE scale, then Linear C -> 4C
     gelu = block.act[0]
