@@ -3,6 +3,7 @@
 # needed; pytest is used when installed). Results go to $OUT (default ./gpu-results):
 #   gpu_tests.txt     the compiled-kernel tests (tests/test_ops_triton.py -m gpu) or a fallback check
 #   benchmark_op.md   the operator benchmark (markdown section for benchmarks/RESULTS.md)
+#   benchmark_models.md, benchmark_models_*.csv   the whole-model benchmark (tools/benchmark.py)
 # Usage: bash scripts/gpu_checks.sh [--quick]    (--quick: stage 1 only, fewer repeats)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,4 +54,17 @@ if [[ "${1:-}" == "--quick" ]]; then
 else
     "$PY" tools/benchmark_op.py --device cuda --tf32 --markdown | tee "$OUT/benchmark_op.md"
 fi
+
+# Whole models (docs/analysis.md): SW-T against the peers registered in this checkout, interleaved, training
+# and deploy structures, batch 64, bf16 autocast and fp32 training steps (issue 16's GPU target: SW-T's
+# training throughput >= UniRepLKNet-T's). Names not registered are skipped; torchvision's ConvNeXt-T is the
+# reference when convnext_t is not there yet.
+MODELS="shiftwise_tiny unireplknet_t slak_t convnext_t torchvision:convnext_tiny"
+REPEATS=$([[ "${1:-}" == "--quick" ]] && echo 5 || echo 15)
+"$PY" tools/benchmark.py $MODELS --skip-missing --device cuda --batch-size 64 --amp bf16 --repeats "$REPEATS" \
+    --modes inference,train_step --title "GPU, bf16 autocast, batch 64" --no-progress \
+    --markdown "$OUT/benchmark_models.md" --csv "$OUT/benchmark_models_bf16.csv" || status=1
+"$PY" tools/benchmark.py $MODELS --skip-missing --device cuda --batch-size 64 --repeats "$REPEATS" \
+    --modes train_step --structures train --title "GPU, fp32, batch 64" --no-progress \
+    --markdown "$OUT/benchmark_models.md" --csv "$OUT/benchmark_models_fp32.csv" || status=1
 exit $status

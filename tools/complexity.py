@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from swtasks.analysis.complexity import format_table, measure
+    from swtasks.analysis.progress import progress
     from swtasks.models import list_models
 
     names: list[str] = []
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         names += [n for n in found if n not in names]
     rows = []
-    for n in names:
+    for n in progress(names, desc="counting"):
         try:
             rows.append(measure(n, input_size=args.input_size, num_classes=args.num_classes, deploy=args.deploy,
                                 device=args.device))

@@ -1,7 +1,10 @@
-"""Analysis tools: complexity (parameters, FLOPs); more (receptive field, throughput) live beside it.
+"""Analysis tools (docs/analysis.md): complexity (parameters, MACs), effective receptive fields (erf),
+throughput / latency / memory benchmark (benchmark) with a profiler breakdown (profile), the model-zoo table
+(zoo), and their shared helpers (select: model arguments; progress: progress bars).
 
-Submodules are imported on use (`from swtasks.analysis.complexity import measure`), so importing this
-package costs nothing.
+This floor sits below swtasks.cls: it imports torch, torchvision, numpy and swtasks.models, never lightning
+(matplotlib and tqdm are optional and imported on use). Submodules are imported on use
+(`from swtasks.analysis.benchmark import run_benchmark`), so importing this package costs nothing.
 """
 
-__all__ = ["complexity"]
+__all__ = ["benchmark", "complexity", "erf", "profile", "progress", "select", "zoo"]

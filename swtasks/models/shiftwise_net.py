@@ -60,6 +60,7 @@ from .four_stage import (
     unireplknet_downsample_layers,
 )
 from .registry import ModelConfigError, check_overrides, register_family, register_model
+from .shiftwise_cpu import block_forward_nchw, use_nchw_path
 from .shiftwise_official import SHIFTWISE_ADAPTER
 
 __all__ = [
@@ -131,6 +132,8 @@ class ShiftWiseBlock(nn.Module):
         return pointwise_tail(self, y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_nchw_path(x):  # CPU: the same function with fewer memory passes (swtasks/models/shiftwise_cpu.py)
+            return block_forward_nchw(self, x)
         return x + self.residual(x)
 
     @torch.no_grad()

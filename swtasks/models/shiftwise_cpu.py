@@ -1,0 +1,212 @@
+"""The ShiftWiseNet block's forward on CPU: the same function as `ShiftWiseBlock.residual`, with fewer
+passes over memory.
+
+Why it exists: outside its two matrix products the block is bound by memory traffic on CPU, and the module
+path adds traffic (measurements: benchmarks/RESULTS.md, "Whole models on CPU"). It lays the MLP out
+channels-last by permuting an NCHW tensor, so the first Linear copies its input; GRN's L2 norm reduces over
+the outer (H, W) dimensions of an NHWC tensor (PyTorch's CPU norm kernel is ~10x slower there than over a
+contiguous inner dimension) and its autograd backward makes several passes over the map; the residual add
+mixes NCHW and NHWC strides. Here everything stays NCHW:
+
+- the operator and the BatchNorm after it run as the modules do (the strip convolutions prefer NCHW on CPU,
+  and their backward is much slower channels-last);
+- SE's two 1x1 convolutions on the pooled vector run as Linears (oneDNN spends milliseconds setting up a
+  convolution on a 1x1 map);
+- each pointwise Linear is one GEMM per sample, (W * scale_b) @ x_b, where the map is large (stages 1-2 at
+  224 px): the SE / GRN scale then lives in the small per-sample weight and the scaled map is never
+  written; elsewhere the map is scaled and a 1x1 convolution runs (oneDNN is faster there);
+- GELU, then GRN with its norm over the contiguous (H, W) dimensions and a written-out backward (one pass
+  over the map for the norm's term, three for norm + scale, instead of autograd's six or seven); GRN's beta
+  goes into the second product's bias (W beta), as the deploy fold does;
+- the BatchNorm after the second product takes the layer scale into its affine (the same batch statistics
+  and running statistics), and the residual add is NCHW + NCHW; without autograd, fresh intermediates are
+  overwritten in place.
+
+Every result equals the module path up to float rounding (tests/test_analysis.py checks outputs, input and
+parameter gradients and BatchNorm statistics against `x + ShiftWiseBlock.residual(x)` for the training,
+eval and deploy structures, and gradchecks the GRN functions). The module path stays the reference and runs
+on other devices (the GPU has its own fused operator; this path is unmeasured there). Forward hooks on the
+block's submodules after the operator (se, pwconv1, act, pwconv2) do not fire on this path. Imports torch.
+"""
+
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = ["block_forward_nchw", "use_nchw_path"]
+
+
+def use_nchw_path(x: torch.Tensor) -> bool:
+    """Whether a block runs this path for input `x`: 4-D CPU tensors in eager mode. Not while tracing,
+    scripting, exporting or compiling: its autograd Functions are opaque to those (the module path is the
+    same function in standard operators, which is what an exported or compiled graph should hold)."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return x.device.type == "cpu" and x.dim() == 4
+
+
+def _grn_forward(u: torch.Tensor, gamma: torch.Tensor, eps: float):
+    gx = torch.linalg.vector_norm(u, ord=2, dim=(2, 3), keepdim=True)
+    m = gx.mean(dim=1, keepdim=True) + eps
+    nx = gx / m
+    return gx, m, nx, gamma * nx + 1
+
+
+def _grn_backward(ctx, saved: tuple, ds: torch.Tensor, du_other: torch.Tensor | None):
+    """Gradients of s = gamma * nx + 1 given dL/ds, plus the map gradient du_other from elsewhere (added).
+    `saved` is ctx.saved_tensors, read once by the caller (activation checkpointing allows one unpack)."""
+    u, gx, m, nx, gamma = saved[:5]
+    dgamma = (ds * nx).sum(dim=0, keepdim=True).to(gamma.dtype) if ctx.needs_input_grad[1] else None
+    du = None
+    if ctx.needs_input_grad[0]:
+        dnx = ds * gamma
+        # nx_c = gx_c / m with m = mean_c(gx) + eps
+        dgx = dnx / m - (dnx * gx).sum(dim=1, keepdim=True) / (m * m * gx.shape[1])
+        c = torch.where(gx > 0, dgx / gx, torch.zeros_like(gx))
+        du = (u * c).to(u.dtype) if du_other is None else du_other.addcmul_(u, c.to(u.dtype))
+    return du, dgamma
+
+
+class _GRNScale(torch.autograd.Function):
+    """GRN's factor s = gamma * gx / (mean_C gx + eps) + 1 with gx = ||u||_2 over (H, W), for NCHW u.
+
+    The backward is written out: autograd's vector-norm backward divides, multiplies and masks the whole map
+    (three passes plus the accumulation); here the map is touched once, du = u * (dL/dgx / gx), everything
+    else is per (sample, channel). Zero norms get zero gradient, like vector_norm's."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+        gx, m, nx, s = _grn_forward(u, gamma, eps)
+        ctx.save_for_backward(u, gx, m, nx, gamma)
+        return s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, ds: torch.Tensor):
+        return (*_grn_backward(ctx, ctx.saved_tensors, ds, None), None)
+
+
+class _GRNApply(torch.autograd.Function):
+    """u * s with s as in _GRNScale (GRN without beta). Backward in three passes over the map: ds = <g, u> per
+    (sample, channel), then du = g * s + u * (dL/dgx / gx) written once."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+        gx, m, nx, s = _grn_forward(u, gamma, eps)
+        ctx.save_for_backward(u, gx, m, nx, gamma, s)
+        return u * s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        saved = ctx.saved_tensors
+        u, s = saved[0], saved[5]
+        b, c = u.shape[:2]
+        ds = torch.linalg.vecdot(g.reshape(b, c, -1), u.reshape(b, c, -1)).view(b, c, 1, 1)
+        du_direct = (g * s).to(u.dtype) if ctx.needs_input_grad[0] else None
+        return (*_grn_backward(ctx, saved, ds, du_direct), None)
+
+
+def _grn_scale(u: torch.Tensor, grn) -> torch.Tensor:
+    """GRN's per-(sample, channel) factor gamma * Nx + 1 for an NCHW tensor u, shape (B, C4, 1, 1)."""
+    return _GRNScale.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps)
+
+
+def _batch_norm_scaled(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """scale * bn(x) as one F.batch_norm call (the scale multiplies the affine weight and bias); running
+    statistics and num_batches_tracked are updated exactly as nn.BatchNorm2d.forward does."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep = not bn.training or bn.track_running_stats
+    weight = scale if bn.weight is None else bn.weight * scale
+    bias = None if bn.bias is None else bn.bias * scale
+    return F.batch_norm(x, bn.running_mean if keep else None, bn.running_var if keep else None, weight, bias,
+                        use_batch_stats, factor, bn.eps)
+
+
+def _per_sample_gemm(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Large maps with few channels (stages 1-2 of the paper variants at 224 px): one GEMM per sample."""
+    return x.shape[2] * x.shape[3] >= max(weight.shape)
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               in_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear(weight (Cout, Cin), bias) of `in_scale * x` over the channels of an NCHW tensor, output NCHW;
+    in_scale (B, Cin, 1, 1) is an optional per-sample channel factor (the SE or GRN scale).
+
+    Large maps with few channels run as one GEMM per sample with the factor in the weight, (W * s_b) @ x_b:
+    the per-sample weights are 5-40x smaller than the map, so the scaled map is never written. Small maps
+    with many channels scale the map and run a 1x1 convolution (oneDNN), faster there than per-sample GEMMs."""
+    b, cin, h, w = x.shape
+    cout = weight.shape[0]
+    if _per_sample_gemm(x, weight):
+        wt = weight.to(x.dtype).unsqueeze(0)
+        wb = wt.expand(b, cout, cin) if in_scale is None else wt * in_scale.view(b, 1, cin).to(x.dtype)
+        xb = x.reshape(b, cin, h * w)
+        out = torch.bmm(wb, xb) if bias is None else torch.baddbmm(bias.to(x.dtype).view(1, cout, 1), wb, xb)
+        return out.view(b, cout, h, w)
+    if in_scale is not None:
+        x = x * in_scale
+    return F.conv2d(x, weight.view(cout, cin, 1, 1), bias)
+
+
+def _squeeze_excite(se, y: torch.Tensor) -> torch.Tensor:
+    """SEBlock's channel scale (B, C, 1, 1) with its 1x1 convolutions as Linears on the pooled (B, C) vector
+    (oneDNN spends milliseconds setting up a convolution on a 1x1 map)."""
+    s = y.mean(dim=(2, 3))
+    d, u = se.down, se.up
+    s = F.relu(F.linear(s, d.weight.flatten(1), d.bias))
+    return torch.sigmoid(F.linear(s, u.weight.flatten(1), u.bias)).view(*s.shape[:1], -1, 1, 1)
+
+
+def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
+    """`x + block.residual(x)` for an NCHW input, computed NCHW throughout (see the module docstring). A
+    channels-last input is made contiguous once (the block's output, and so the next block's input, is NCHW)."""
+    x = x.contiguous()
+    lk = block.large_kernel
+    inplace = not torch.is_grad_enabled()  # no autograd graph: overwrite fresh intermediates
+    y = lk(x)  # a fresh tensor (the operator writes its rep channels into a copy of x)
+    if not block.deploy:
+        y = block.norm(y)
+    elif inplace and not isinstance(block.norm, nn.Identity):  # GhostChannelAffine, into y's own ghost channels
+        idx, aff = lk.ghost_idx, block.norm
+        ghost = torch.addcmul(aff.bias.to(y.dtype).view(1, -1, 1, 1), y.index_select(1, idx),
+                              aff.weight.to(y.dtype).view(1, -1, 1, 1))
+        y = y.index_copy_(1, idx, ghost)
+    elif not isinstance(block.norm, nn.Identity):
+        y = block.norm(y, lk.ghost_idx)
+    lin1, lin2, grn = block.pwconv1[1], block.pwconv2[0], block.act[1]
+    u = _pointwise(y, lin1.weight, lin1.bias, _squeeze_excite(block.se, y))  # SE scale, then Linear C -> 4C
+    gelu = block.act[0]
+    u = torch._C._nn.gelu_(u, approximate=gelu.approximate) if inplace and type(gelu) is nn.GELU else gelu(u)
+    bias = lin2.bias
+    if grn.use_bias:  # GRN's beta through the product: W (v + beta) = W v + W beta
+        wb = lin2.weight @ grn.beta.reshape(-1).to(lin2.weight.dtype)
+        bias = wb if bias is None else bias + wb
+    if _per_sample_gemm(u, lin2.weight):  # GRN scale folded into per-sample weights, then Linear 4C -> C
+        out = _pointwise(u, lin2.weight, bias, _grn_scale(u, grn))
+    else:  # GRN applied to the map (in place without autograd), then the 1x1 convolution
+        if inplace:
+            u = u.mul_(_grn_scale(u, grn))
+        else:
+            u = _GRNApply.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps)
+        out = _pointwise(u, lin2.weight, bias)
+    if len(block.pwconv2) > 2:  # training structure: BatchNorm, then the layer scale
+        bn = block.pwconv2[2]
+        if block.gamma is not None and type(bn) is nn.BatchNorm2d:
+            out = _batch_norm_scaled(bn, out, block.gamma)
+        else:  # SyncBatchNorm and friends: their own forward
+            out = bn(out)
+            if block.gamma is not None:
+                out = block.gamma.view(1, -1, 1, 1) * out
+    elif block.gamma is not None:
+        out = block.gamma.view(1, -1, 1, 1) * out
+    out = block.drop_path(out)
+    return out.add_(x) if inplace else x + out
