@@ -133,13 +133,16 @@ class ShiftWiseBlock(nn.Module):
         layer_scale_init_value: float | None = 1e-6,
         deploy: bool = False,
         backend: str | None = None,
+        variant: str | None = None,
+        dot_precision: str | None = None,
+        deterministic: bool | None = None,
     ):
         super().__init__()
         self.dim = dim
         self.deploy = deploy
         self.large_kernel = ShiftWiseConv2d(
             dim, kernel_size, small_kernel=small_kernel, ghost_ratio=ghost_ratio, n_path=n_path, n_rep=n_rep,
-            deploy=deploy, backend=backend,
+            deploy=deploy, backend=backend, variant=variant, dot_precision=dot_precision, deterministic=deterministic,
         )
         ghosts = self.large_kernel.ghost_channels
         if deploy:
@@ -260,6 +263,7 @@ class ShiftWiseNet(nn.Module):
             LayerNorm(cf) `norm{i}`, instead of logits (no `norm` / `head`).
         grad_checkpointing: activation checkpointing per block (see set_grad_checkpointing).
         backend: the SW op backend ('torch', 'triton'; None: automatic).
+        variant, dot_precision, deterministic: the SW op's Triton switches (see ShiftWiseConv2d).
     """
 
     def __init__(
@@ -282,6 +286,9 @@ class ShiftWiseNet(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3),
         grad_checkpointing: bool = False,
         backend: str | None = None,
+        variant: str | None = None,
+        dot_precision: str | None = None,
+        deterministic: bool | None = None,
     ):
         super().__init__()
         depths = tuple(int(d) for d in _as_tuple("depths", depths))
@@ -339,6 +346,7 @@ class ShiftWiseNet(nn.Module):
                     dims[i], kernel_sizes[i], small_kernel=small_kernel, ghost_ratio=ghost_ratio, n_path=n_path,
                     n_rep=n_rep, ffn_factor=ffn_factor, drop_path=rates[cur + j],
                     layer_scale_init_value=layer_scale_init_value, deploy=deploy, backend=backend,
+                    variant=variant, dot_precision=dot_precision, deterministic=deterministic,
                 )
                 for j in range(depths[i])
             ]
