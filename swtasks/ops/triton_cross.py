@@ -105,18 +105,32 @@ def candidate_configs(variant: str, pass_name: str, dtype: str, H: int, W: int) 
     if variant == "tc":
         kind = "fp32" if dtype == "fp32" else "16bit"
         need = triton.next_power_of_2(max(H, W, 1))
-        block = tuple(TileConfig(t, t, _block_warps(kind, pass_name, t)) for t in TC_BLOCK_TILES[kind] if t >= need)
+        block = tuple(TileConfig(t, t, _block_warps(kind, pass_name, t)) for t in TC_BLOCK_TILES[kind]
+                      if t >= need and _block_fits(t, need, pass_name, W, dtype))
         return block or TC_TILED[kind]
     return DIRECT_DW_CONFIGS if pass_name == "grad_weight" else DIRECT_CONFIGS
 
 
+def _block_fits(tile: int, need: int, pass_name: str, W: int, dtype: str) -> bool:
+    """Tiles of 64 that pack several planes hold many scalar addresses when W is not a multiple of 8:
+    they spill unless the plane needs the tile, or the pass is light enough (the kernel report)."""
+    if tile < 64 or need == 64:
+        return True
+    vec = 1
+    while vec * 2 <= (8 if dtype != "fp32" else 4) and W % (vec * 2) == 0:
+        vec *= 2
+    return (pass_name == "forward" and vec >= 2) or (pass_name == "grad_weight" and vec >= 4)
+
+
 def pinned_config(variant: str, pass_name: str, dtype: str, H: int, W: int, K: int, k: int, interpret: bool = False):
     """The one configuration of deterministic mode (and of the interpreter): a function of the shape
-    only. Tensor cores: the smallest block tile that holds the plane (small planes are packed several to
-    a tile), else the first tiled configuration; direct kernels: the first candidate, or whole small
-    planes and all taps at once under the interpreter (~0.1 ms per interpreted operation)."""
+    only. Tensor cores: the largest block tile that fits without spilling (it packs the most small
+    planes per item; the kernel report estimates it best or within 15% at every SW-T stage), else the
+    first tiled configuration; direct kernels: the first candidate, or whole small planes and all taps at
+    once under the interpreter (~0.1 ms per interpreted operation)."""
     if variant == "tc":
-        return candidate_configs(variant, pass_name, dtype, H, W)[0]
+        cands = candidate_configs(variant, pass_name, dtype, H, W)
+        return cands[-1] if max(H, W) <= 64 else cands[0]
     if interpret:
         L = k * -(-K // k)
         return DirectConfig(
