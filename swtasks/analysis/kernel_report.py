@@ -473,13 +473,16 @@ def run_report(launch_sets, archs=(80, 90), gpu: GPUModel = H100, cache_dir: Pat
 
         work = [(provider_name, shape.stage, shape.B, dtype, precision, pinned, i, arch,
                  str(cache_dir) if cache_dir else None)
-                for shape, dtype, precision, launches in launch_sets for i, _ in launches for arch in archs]
+                for shape, dtype, precision, launches in launch_sets for i, lz in launches for arch in archs
+                if arch in lz.notes.get("archs", archs)]
         with ProcessPoolExecutor(jobs) as pool:
             list(pool.map(_compile_job, work))
     rows = []
     for shape, dtype, precision, launches in launch_sets:
         for _, launch in launches:
             for arch in archs:
+                if arch not in launch.notes.get("archs", archs):
+                    continue  # a configuration the tuner does not offer on this architecture
                 res = compile_cached(launch, arch, cache_dir)
                 variant = dtype if dtype != "fp32" or not precision else f"fp32-{precision}"
                 row = Row(launch.kernel, launch.config, variant, arch, shape.stage, launch.pass_name)

@@ -68,18 +68,17 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LAUNCHES: Counter = Counter()  # kernel name -> number of launches
 
 # Tiles of the tensor-core kernels. Block tiles (the plane fits: H, W <= tile) pack whole small planes;
-# tiled configurations serve larger planes. Every candidate compiles for sm_80 and sm_90 without spills
-# at the SW-T stage shapes (tests/test_ops_kernels_compile.py; the kernel report checks all of them).
-TC_BLOCK_TILES = {"16bit": (16, 32, 64), "fp32": (16, 32)}  # fp32 tiles of 64 spill
+# tiled configurations serve larger planes. Every candidate compiles for the architectures it is offered
+# on without spills and within their shared memory at the SW-T stage shapes (tests/test_ops_kernels_compile.py;
+# the kernel report checks all of them): fp32 tiles of 64 only with exact ('ieee') dots on sm_90+ (they
+# need ~210 KB of shared memory; tf32x3 spills there).
+TC_BLOCK_TILES = {"16bit": (16, 32, 64), "fp32": (16, 32, 64)}
+TC_TILED = {"16bit": (TileConfig(32, 32, 8), TileConfig(32, 64, 8)), "fp32": (TileConfig(32, 32, 8),)}
 
 
 def _block_warps(kind: str, pass_name: str, tile: int) -> int:
-    """4 warps (8 for fp32 tiles of 32: the FMA dots' operands stay in registers)."""
+    """4 warps (8 for fp32 tiles of 32 and more: the FMA dots' operands stay in registers)."""
     return 8 if (kind == "fp32" and tile >= 32) else 4
-
-
-
-TC_TILED = {"16bit": (TileConfig(32, 32, 8), TileConfig(32, 64, 8)), "fp32": (TileConfig(32, 32, 8),)}
 
 
 def triton_available_for(x: torch.Tensor) -> bool:
@@ -100,36 +99,44 @@ def _check_device(x: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def candidate_configs(variant: str, pass_name: str, dtype: str, H: int, W: int) -> tuple:
-    """Every configuration the tuner may pick for a variant, pass, dtype and plane size."""
+def candidate_configs(variant: str, pass_name: str, dtype: str, precision: str, H: int, W: int,
+                      arch: int = 90) -> tuple:
+    """Every configuration the tuner may pick for a variant, pass, dtype, dot precision, plane size
+    and compute capability (major * 10 + minor)."""
     if variant == "tc":
         kind = "fp32" if dtype == "fp32" else "16bit"
         need = triton.next_power_of_2(max(H, W, 1))
         block = tuple(TileConfig(t, t, _block_warps(kind, pass_name, t)) for t in TC_BLOCK_TILES[kind]
-                      if t >= need and _block_fits(t, need, pass_name, W, dtype))
+                      if t >= need and _block_fits(t, need, pass_name, W, dtype, precision, arch))
         return block or TC_TILED[kind]
     return DIRECT_DW_CONFIGS if pass_name == "grad_weight" else DIRECT_CONFIGS
 
 
-def _block_fits(tile: int, need: int, pass_name: str, W: int, dtype: str) -> bool:
+def _block_fits(tile: int, need: int, pass_name: str, W: int, dtype: str, precision: str, arch: int) -> bool:
     """Tiles of 64 that pack several planes hold many scalar addresses when W is not a multiple of 8:
-    they spill unless the plane needs the tile, or the pass is light enough (the kernel report)."""
-    if tile < 64 or need == 64:
+    they spill unless the plane needs the tile, or the pass is light enough; fp32 tiles of 64: exact
+    dots on sm_90+ only (the kernel report)."""
+    if tile < 64:
+        return True
+    if dtype == "fp32":
+        return need == 64 and precision == "ieee" and arch >= 90
+    if need == 64:
         return True
     vec = 1
-    while vec * 2 <= (8 if dtype != "fp32" else 4) and W % (vec * 2) == 0:
+    while vec * 2 <= 8 and W % (vec * 2) == 0:
         vec *= 2
     return (pass_name == "forward" and vec >= 2) or (pass_name == "grad_weight" and vec >= 4)
 
 
-def pinned_config(variant: str, pass_name: str, dtype: str, H: int, W: int, K: int, k: int, interpret: bool = False):
+def pinned_config(variant: str, pass_name: str, dtype: str, precision: str, H: int, W: int, K: int, k: int,
+                  arch: int = 90, interpret: bool = False):
     """The one configuration of deterministic mode (and of the interpreter): a function of the shape
-    only. Tensor cores: the largest block tile that fits without spilling (it packs the most small
-    planes per item; the kernel report estimates it best or within 15% at every SW-T stage), else the
-    first tiled configuration; direct kernels: the first candidate, or whole small planes and all taps at
-    once under the interpreter (~0.1 ms per interpreted operation)."""
+    and the GPU architecture only. Tensor cores: the largest block tile that fits without spilling (it
+    packs the most small planes per item; the kernel report estimates it best or within 15% at every
+    SW-T stage), else the first tiled configuration; direct kernels: the first candidate, or whole small
+    planes and all taps at once under the interpreter (~0.1 ms per interpreted operation)."""
     if variant == "tc":
-        cands = candidate_configs(variant, pass_name, dtype, H, W)
+        cands = candidate_configs(variant, pass_name, dtype, precision, H, W, arch)
         return cands[-1] if max(H, W) <= 64 else cands[0]
     if interpret:
         L = k * -(-K // k)
@@ -138,7 +145,7 @@ def pinned_config(variant: str, pass_name: str, dtype: str, H: int, W: int, K: i
             min(32, triton.next_power_of_2(max(W, 1))),
             min(256, triton.next_power_of_2(k * L)),
         )
-    return candidate_configs(variant, pass_name, dtype, H, W)[0]
+    return candidate_configs(variant, pass_name, dtype, precision, H, W, arch)[0]
 
 
 def plan(variant: str, pass_name: str, B, C, H, W, K, k, dtype: str, precision: str, config, *, has_s=True,
@@ -224,11 +231,17 @@ def _choose(opts: OpOptions, pass_name: str, x: torch.Tensor, K: int, k: int, ha
         return plan(opts.variant, pass_name, B, C, H, W, K, k, dtype, opts.dot_precision, cfg, has_s=has_s,
                     weight_dtype=w_dtype, interpret=INTERPRET and not x.is_cuda)
 
+    arch = 90
+    if x.is_cuda:
+        major, minor = torch.cuda.get_device_capability(x.device)
+        arch = 10 * major + minor
     if config is None and (opts.deterministic or not x.is_cuda):
-        config = pinned_config(opts.variant, pass_name, dtype, H, W, K, k, interpret=not x.is_cuda)
+        config = pinned_config(opts.variant, pass_name, dtype, opts.dot_precision, H, W, K, k, arch,
+                               interpret=not x.is_cuda)
     if config is None:
         key = tuning_key(opts, pass_name, (B, C, H, W, K, k), dtype, w_dtype, has_s, torch.cuda.get_device_name(x.device))
-        config = _tune(key, candidate_configs(opts.variant, pass_name, dtype, H, W), build, run)
+        config = _tune(key, candidate_configs(opts.variant, pass_name, dtype, opts.dot_precision, H, W, arch),
+                       build, run)
     return build(config)
 
 
@@ -347,20 +360,29 @@ def cross_conv_triton_backward(g_h, g_v, g_s, x, w_h, w_v, w_s=None, *, big_kern
 # ---------------------------------------------------------------------------------------------
 
 
-def report_launches(shape, dtype: str, precision: str | None, pinned: bool = False):
+def report_launches(shape, dtype: str, precision: str | None, pinned: bool = False, archs=(80, 90)):
     """Launches of every pass, variant and candidate configuration at a stage shape (the kernel
-    report's provider); pinned=True: only the configuration deterministic mode uses. The direct kernels
-    appear for fp32 ('ieee' only: they have no dot), bf16 and fp16."""
+    report's provider); pinned=True: only the configuration deterministic mode uses. A configuration
+    offered on some architectures only carries notes["archs"]. The direct kernels appear for fp32
+    ('ieee' only: they have no dot), bf16 and fp16."""
     B, C, H, W, K, k = shape.B, shape.C, shape.H, shape.W, shape.K, shape.k
-    variants = ["tc"] + (["direct"] if precision in (None, "ieee") else [])
+    prec = precision or "ieee"
+    variants = ["tc"] + (["direct"] if prec == "ieee" else [])
     for variant in variants:
         for pass_name in ("forward", "forward_sum", "grad_input", "grad_weight"):
-            if pinned:
-                configs = [pinned_config(variant, pass_name, dtype, H, W, K, k)]
-            else:
-                configs = candidate_configs(variant, pass_name, dtype, H, W)
-            for cfg in configs:
-                yield plan(variant, pass_name, B, C, H, W, K, k, dtype, precision or "ieee", cfg)
+            offered: dict = {}  # config -> architectures
+            for arch in archs:
+                if pinned:
+                    configs = [pinned_config(variant, pass_name, dtype, prec, H, W, K, k, arch)]
+                else:
+                    configs = candidate_configs(variant, pass_name, dtype, prec, H, W, arch)
+                for cfg in configs:
+                    offered.setdefault(cfg, []).append(arch)
+            for cfg, on in offered.items():
+                launch = plan(variant, pass_name, B, C, H, W, K, k, dtype, prec, cfg)
+                if len(on) < len(archs):
+                    launch.notes["archs"] = tuple(on)
+                yield launch
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,11 +42,11 @@ HAS_GATHER = hasattr(tl, "gather")  # triton >= 3.2; older versions reduce the b
 
 
 @triton.jit
-def _axis(N: tl.constexpr, S: tl.constexpr, BLK: tl.constexpr, OFF: tl.constexpr):
-    """(image slot, coordinate) of N tile or window indices along one axis. Block mode: slot idx // S,
-    coordinate idx % S (S: a power of two >= the extent). Tiled mode: slot 0, coordinate idx + OFF
-    relative to the tile origin."""
-    idx = tl.arange(0, N)
+def _axis(N: tl.constexpr, S: tl.constexpr, BLK: tl.constexpr, OFF: tl.constexpr, START: tl.constexpr = 0):
+    """(image slot, coordinate) of the N tile or window indices START.. along one axis. Block mode: slot
+    idx // S, coordinate idx % S (S: a power of two >= the extent). Tiled mode: slot 0, coordinate
+    idx + OFF relative to the tile origin."""
+    idx = START + tl.arange(0, N)
     if BLK:
         return idx // S, idx % S
     return idx * 0, idx + OFF
@@ -54,10 +54,10 @@ def _axis(N: tl.constexpr, S: tl.constexpr, BLK: tl.constexpr, OFF: tl.constexpr
 
 @triton.jit
 def _cols_ok(origin, N: tl.constexpr, W, S: tl.constexpr, BLK: tl.constexpr, OFF: tl.constexpr,
-             VEC: tl.constexpr):
-    """0 <= column < W for N indices, decided per group of VEC columns (VEC divides W, S and the
-    offsets) so that the compiler can vectorise the accesses."""
-    grp = tl.arange(0, N) // VEC
+             VEC: tl.constexpr, START: tl.constexpr = 0):
+    """0 <= column < W for the N indices START.., decided per group of VEC columns (VEC divides W, S,
+    START and the offsets) so that the compiler can vectorise the accesses."""
+    grp = (START + tl.arange(0, N)) // VEC
     if BLK:
         return (grp % (S // VEC)) < W // VEC
     g = grp + (origin + OFF) // VEC
@@ -195,6 +195,46 @@ def _vsum(acc, src, v0, v1, v2, v3, v4, u0, u1, u2, u3, u4, r_pw, rows, r_ok, c_
 
 
 @triton.jit
+def _hchunks(acc, src, w_ptr, wfix, wlen, woff, ws_ptr, MERGE_S: tl.constexpr, q_pos, q_img, a_pw, rows, a_ok, x0,
+             H, W, CHW, n_img, KS: tl.constexpr, R: tl.constexpr, SIGN: tl.constexpr, DOT: tl.constexpr,
+             PREC: tl.constexpr, VEC: tl.constexpr, KC: tl.constexpr, KWC: tl.constexpr, SW: tl.constexpr,
+             BLK_W: tl.constexpr, WOFF: tl.constexpr):
+    """The horizontal-kind sum with the window in chunks of KC columns and each band chunk built from
+    the (cached) weights when used: small dot operands, nothing resident (fp32 operands)."""
+    for i in tl.static_range(KS):
+        for c0 in tl.static_range(0, KWC, KC):
+            k_img, k_pos = _axis(KC, SW, BLK_W, WOFF, c0)
+            band = _band(w_ptr, k_pos, k_img, q_pos, q_img, i, wfix, 1, wlen, woff, SIGN, BLK_W)
+            if MERGE_S:
+                band += _band(ws_ptr, k_pos, k_img, q_pos, q_img, i, KS, 1, KS, R, SIGN, BLK_W)
+            c_off = tl.multiple_of(k_img * CHW, VEC) + x0 + k_pos
+            c_ok = _cols_ok(x0, KC, W, SW, BLK_W, WOFF, VEC, c0)
+            t = _load(src, a_pw, rows + SIGN * (i - R), a_ok, k_img, c_off, c_ok, H, W, CHW, n_img, VEC)
+            acc = tl.dot(t.to(DOT), band.to(DOT), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _vchunks(acc, src, wv_ptr, a_pos, a_img, q_img, q_off, cols, q_ok, y0, H, W, CHW, n_img, PW: tl.constexpr,
+             PH: tl.constexpr, KS: tl.constexpr, L: tl.constexpr, LO: tl.constexpr, R: tl.constexpr,
+             SIGN: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, VEC: tl.constexpr, KC: tl.constexpr,
+             KHC: tl.constexpr, SH: tl.constexpr, BLK_H: tl.constexpr, HOFF: tl.constexpr):
+    """The vertical sum with the window in chunks of KC rows, band chunks built when used."""
+    for j in tl.static_range(KS):
+        d = SIGN * (j - R)
+        for c0 in tl.static_range(0, KHC, KC):
+            k_img, k_pos = _axis(KC, SH, BLK_H, HOFF, c0)
+            band = tl.trans(_band(wv_ptr, k_pos, k_img, a_pos, a_img, j, 1, KS, L, LO, SIGN, BLK_H))
+            if d == 0:
+                t = _load(src, k_img * PW, y0 + k_pos, k_img < PH, q_img, q_off, q_ok, H, W, CHW, n_img, VEC)
+            else:
+                m = q_ok & (cols + d >= 0) & (cols + d < W)
+                t = _load(src, k_img * PW, y0 + k_pos, k_img < PH, q_img, q_off + d, m, H, W, CHW, n_img, 1)
+            acc = tl.dot(band.to(DOT), t.to(DOT), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def _program(B, H, W, NSPLIT, PARTS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, BH: tl.constexpr,
              BW: tl.constexpr, BLK_H: tl.constexpr, BLK_W: tl.constexpr):
     """This program's part (branch), split, channel and range of work items; programs of one
@@ -228,7 +268,7 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
              DOT: tl.constexpr, PREC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
              KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
              BLK_H: tl.constexpr, BLK_W: tl.constexpr, VEC: tl.constexpr, TC_SHIFT: tl.constexpr,
-             ADD: tl.constexpr = False):
+             KC: tl.constexpr, KWC: tl.constexpr, KHC: tl.constexpr, ADD: tl.constexpr = False):
     """One program's items: out = the selected branches, summed (bands built once, kept); ADD: out +=
     (a later phase of a phased program, which owns its output tiles: no other program touches them)."""
     PH: tl.constexpr = BH // SH if BLK_H else 1
@@ -244,7 +284,7 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
     kh_pw = kh_img * PW
     a_ok = a_img < PH
     kh_ok = kh_img < PH
-    if DO_H:
+    if DO_H and KC == 0:
         h0, h1, h2, h3, h4 = _bands(hw_ptr, kw_pos, kw_img, q_pos, q_img, hfix, 1, hlen, hoff, KS, SIGN,
                                     BLK_W, tl.float32, False)
         if MERGE_S:
@@ -256,10 +296,10 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
             h3 += m3
             h4 += m4
         h0, h1, h2, h3, h4 = h0.to(DOT), h1.to(DOT), h2.to(DOT), h3.to(DOT), h4.to(DOT)
-    if DO_S:
+    if DO_S and KC == 0:
         s0, s1, s2, s3, s4 = _bands(ws_ptr, kw_pos, kw_img, q_pos, q_img, KS, 1, KS, R, KS, SIGN, BLK_W,
                                     DOT, False)
-    if DO_V:
+    if DO_V and KC == 0:
         v0, v1, v2, v3, v4 = _bands(wv_ptr, kh_pos, kh_img, a_pos, a_img, 1, KS, L, LO, KS, SIGN, BLK_H,
                                     DOT, True)
         u0, u1, u2, u3, u4 = _shifts(q_pos, q_img, KS, R, SIGN, DOT)
@@ -269,15 +309,27 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
         if DO_H or DO_S:
             kc_off = tl.multiple_of(kw_img * CHW, VEC) + x0 + kw_pos
             kc_ok = _cols_ok(x0, KW, W, SW, BLK_W, WOFF, VEC)
-        if DO_H:
-            acc = _hsum(acc, src_h + base, h0, h1, h2, h3, h4, a_pw, y0 + a_pos, a_ok, kw_img, kc_off, kc_ok,
-                        H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC)
-        if DO_S:
-            acc = _hsum(acc, src_s + base, s0, s1, s2, s3, s4, a_pw, y0 + a_pos, a_ok, kw_img, kc_off, kc_ok,
-                        H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC)
+        if KC > 0:  # chunked windows, bands built when used
+            if DO_H:
+                acc = _hchunks(acc, src_h + base, hw_ptr, hfix, hlen, hoff, ws_ptr, MERGE_S, q_pos, q_img, a_pw,
+                               y0 + a_pos, a_ok, x0, H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC, KC, KWC, SW,
+                               BLK_W, WOFF)
+            if DO_S:
+                acc = _hchunks(acc, src_s + base, ws_ptr, KS, KS, R, ws_ptr, False, q_pos, q_img, a_pw, y0 + a_pos,
+                               a_ok, x0, H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC, KC, KWC, SW, BLK_W, WOFF)
+        else:
+            if DO_H:
+                acc = _hsum(acc, src_h + base, h0, h1, h2, h3, h4, a_pw, y0 + a_pos, a_ok, kw_img, kc_off, kc_ok,
+                            H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC)
+            if DO_S:
+                acc = _hsum(acc, src_s + base, s0, s1, s2, s3, s4, a_pw, y0 + a_pos, a_ok, kw_img, kc_off, kc_ok,
+                            H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC)
         q_off = tl.multiple_of(q_img * CHW, VEC) + x0 + q_pos
         q_ok = _cols_ok(x0, BW, W, SW, BLK_W, 0, VEC)
-        if DO_V:
+        if DO_V and KC > 0:
+            acc = _vchunks(acc, src_v + base, wv_ptr, a_pos, a_img, q_img, q_off, x0 + q_pos, q_ok, y0, H, W, CHW,
+                           n_img, PW, PH, KS, L, LO, R, SIGN, DOT, PREC, VEC, KC, KHC, SH, BLK_H, HOFF)
+        elif DO_V:
             acc = _vsum(acc, src_v + base, v0, v1, v2, v3, v4, u0, u1, u2, u3, u4, kh_pw, y0 + kh_pos, kh_ok,
                         q_img, q_off, x0 + q_pos, q_ok, H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC, TC_SHIFT)
         rows = y0 + a_pos
@@ -297,7 +349,8 @@ def _cross_tc_kernel(
     MODE: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
     BH: tl.constexpr, BW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, BLK_H: tl.constexpr, BLK_W: tl.constexpr,
-    VEC: tl.constexpr, TC_SHIFT: tl.constexpr, PHASED: tl.constexpr,
+    VEC: tl.constexpr, TC_SHIFT: tl.constexpr, PHASED: tl.constexpr, KC: tl.constexpr, KWC: tl.constexpr,
+    KHC: tl.constexpr,
 ):
     """MODE 0: forward, one branch per program (part 0 horizontal, 1 vertical, 2 centre); MODE 1:
     forward, the sum (centre merged into the horizontal bands); MODE 2: input gradient, flipped taps,
@@ -315,32 +368,32 @@ def _cross_tc_kernel(
         if part == 1:
             _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_v, c, it0, it1, B, C, H, W, n_ty, n_tx,
                      False, True, False, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                     BLK_H, BLK_W, VEC, TC_SHIFT)
+                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC)
         elif part == 0:
             _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                      True, False, False, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                     BLK_H, BLK_W, VEC, TC_SHIFT)
+                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC)
         else:
             _fwd_run(src_h, src_v, src_s, ws, KS, R, KS, ws, wv, o_s, c, it0, it1, B, C, H, W, n_ty, n_tx,
                      True, False, False, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                     BLK_H, BLK_W, VEC, TC_SHIFT)
+                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC)
     elif PHASED:
         _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                  True, False, False, MODE == 1 and HAS_S, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                 BLK_H, BLK_W, VEC, TC_SHIFT, False)
+                 BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, False)
         tl.debug_barrier()  # this program's stores are visible to all its threads before they add to them
         if MODE == 2 and HAS_S:
             _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                      False, False, True, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                     BLK_H, BLK_W, VEC, TC_SHIFT, True)
+                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, True)
             tl.debug_barrier()
         _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                  False, True, False, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                 BLK_H, BLK_W, VEC, TC_SHIFT, True)
+                 BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, True)
     else:
         _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                  True, True, MODE == 2 and HAS_S, MODE == 1 and HAS_S, KS, L, LO, R, SIGN, DOT, PREC,
-                 BH, BW, KH, KW, SH, SW, BLK_H, BLK_W, VEC, TC_SHIFT)
+                 BH, BW, KH, KW, SH, SW, BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC)
 
 
 @triton.jit
@@ -494,6 +547,7 @@ class TileConfig:
     nsplit: int | None = None
     tc_shift: bool | None = None
     phased: bool | None = None
+    kc: int | None = None
 
     @property
     def label(self) -> str:
@@ -504,6 +558,8 @@ class TileConfig:
             s += f",tcshift{int(self.tc_shift)}"
         if self.phased is not None:
             s += f",phased{int(self.phased)}"
+        if self.kc is not None:
+            s += f",kc{self.kc}"
         return s
 
 
@@ -569,7 +625,12 @@ def tc_launch(pass_name: str, B: int, C: int, H: int, W: int, K: int, k: int, dt
     # phased: fp32 outputs only (a 16-bit output would round between the phases)
     phased = bool((cfg.phased if cfg.phased is not None else dtype == "fp32") and dtype == "fp32"
                   and pass_name != "forward")
-    consts.update(MODE=_MODE[pass_name], PHASED=phased)
+    # fp32 operands: windows in chunks of 16 with the bands built when used (resident fp32 bands and
+    # whole-window FMA dots spill); 16-bit: resident bands (kc 0)
+    kc = cfg.kc if cfg.kc is not None else (16 if dtype == "fp32" else 0)
+    kwc = BW if blk_w else -(-(BW + (woff - woff // vec * vec) + L - 1) // max(kc, 1)) * max(kc, 1)
+    khc = BH if blk_h else -(-(BH + L - 1) // max(kc, 1)) * max(kc, 1)
+    consts.update(MODE=_MODE[pass_name], PHASED=phased, KC=kc, KWC=kwc, KHC=khc)
     ptrs = {"src_h": dtype, "src_v": dtype, "src_s": dtype, "wh_ptr": wdt, "wv_ptr": wdt, "ws_ptr": wdt,
             "o_h": dtype, "o_v": dtype, "o_s": dtype}
     traffic = (2 if pass_name == "forward_sum" else 4) * s * n
