@@ -73,12 +73,13 @@ LAUNCHES: Counter = Counter()  # kernel name -> number of launches
 # the kernel report checks all of them): fp32 tiles of 64 only with exact ('ieee') dots on sm_90+ (they
 # need ~210 KB of shared memory; tf32x3 spills there).
 TC_BLOCK_TILES = {"16bit": (16, 32, 64), "fp32": (16, 32, 64)}
-TC_TILED = {"16bit": (TileConfig(32, 32, 8), TileConfig(32, 64, 8)), "fp32": (TileConfig(32, 32, 8),)}
+TC_TILED = {"16bit": (TileConfig(32, 32, 8), TileConfig(32, 64, 8)), "fp32": (TileConfig(32, 32, 8),),
+            "tf32": (TileConfig(16, 16, 8),), "tf32x3": (TileConfig(16, 16, 4, 1),)}
 
 
 def _block_warps(kind: str, pass_name: str, tile: int) -> int:
-    """4 warps (8 for fp32 tiles of 32 and more: the FMA dots' operands stay in registers)."""
-    return 8 if (kind == "fp32" and tile >= 32) else 4
+    """4 warps; 8 for fp32 tiles of 64 (the accumulator and the FMA dots' operands in registers)."""
+    return 8 if (kind == "fp32" and tile >= 64) else 4
 
 
 def triton_available_for(x: torch.Tensor) -> bool:
@@ -108,14 +109,17 @@ def candidate_configs(variant: str, pass_name: str, dtype: str, precision: str, 
         need = triton.next_power_of_2(max(H, W, 1))
         block = tuple(TileConfig(t, t, _block_warps(kind, pass_name, t)) for t in TC_BLOCK_TILES[kind]
                       if t >= need and _block_fits(t, need, pass_name, W, dtype, precision, arch))
-        return block or TC_TILED[kind]
+        tiled = precision if (dtype == "fp32" and precision in ("tf32", "tf32x3")) else kind
+        return block or TC_TILED[tiled]
     return DIRECT_DW_CONFIGS if pass_name == "grad_weight" else DIRECT_CONFIGS
 
 
 def _block_fits(tile: int, need: int, pass_name: str, W: int, dtype: str, precision: str, arch: int) -> bool:
     """Tiles of 64 that pack several planes hold many scalar addresses when W is not a multiple of 8:
     they spill unless the plane needs the tile, or the pass is light enough; fp32 tiles of 64: exact
-    dots on sm_90+ only (the kernel report)."""
+    dots on sm_90+ only; TF32 dots in tiles of 16 (the kernel report)."""
+    if dtype == "fp32" and precision in ("tf32", "tf32x3"):
+        return tile == 16  # the TF32 split operands spill in larger tiles
     if tile < 64:
         return True
     if dtype == "fp32":

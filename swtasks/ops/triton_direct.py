@@ -315,10 +315,7 @@ class DirectConfig:
 
 
 # Candidates that compile without spills for sm_80 and sm_90 in every dtype (the kernel report).
-DIRECT_CONFIGS = (
-    DirectConfig(16, 32, 16, 8),
-    DirectConfig(4, 64, 16, 4),
-)
+DIRECT_CONFIGS = (DirectConfig(16, 32, 16, 8),)
 DIRECT_DW_CONFIGS = (DirectConfig(16, 32, 8, 4),)
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
 _ACC = {"fp64": tl.float64}
