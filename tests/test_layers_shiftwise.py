@@ -323,6 +323,12 @@ def test_operator_switches_reach_the_op(monkeypatch):
                        variant="direct", dot_precision="tf32", deterministic=False)
     ops = [b.large_kernel for st in net.stages for b in st]
     assert all((o.variant, o.dot_precision, o.deterministic) == ("direct", "tf32", False) for o in ops)
+    import swtasks
+
+    name = swtasks.list_models("shiftwise*")[0]
+    model = swtasks.create_model(name, variant="tc", dot_precision="ieee", deterministic=True)
+    ops = [b.large_kernel for st in model.stages for b in st]
+    assert ops and all((o.variant, o.dot_precision, o.deterministic) == ("tc", "ieee", True) for o in ops)
 
 
 @pytest.mark.parametrize("variant", ["tc", "direct"])

@@ -539,9 +539,9 @@ def shiftwise_arch(arch: str) -> dict[str, Any]:
     return dict(SHIFTWISE_ARCHS[key])
 
 
-def _build(variant: str, **kwargs: Any) -> ShiftWiseNet:
-    check_overrides(f"shiftwise_{variant}", kwargs, _ACCEPTED)
-    return ShiftWiseNet(**{**SHIFTWISE_ARCHS[variant], **kwargs})
+def _build(arch: str, /, **kwargs: Any) -> ShiftWiseNet:  # positional: `variant` is an operator switch
+    check_overrides(f"shiftwise_{arch}", kwargs, _ACCEPTED)
+    return ShiftWiseNet(**{**SHIFTWISE_ARCHS[arch], **kwargs})
 
 
 _CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")
