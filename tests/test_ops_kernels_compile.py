@@ -8,7 +8,7 @@ configuration deterministic mode pins, at stage shapes that exercise each code p
 64 with vectorised loads and tensor-core column shifts, packed 7x7 planes with scalar loads, fp32 FMA
 dots run in phases, 3xTF32, fp16), each for one or both architectures. The sweep over every
 configuration the tuner can pick, every dtype and both architectures belongs to the tool
-(`tools/kernel_report.py`, ~10 min here), whose tables are in benchmarks/RESULTS.md.
+(`tools/kernel_report.py`, ~25 min on 2 shared cores), whose tables are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
