@@ -162,7 +162,7 @@ def test_custom_operator_is_refused_with_its_name_and_nothing_is_written(tmp_pat
             self.w_v = nn.Parameter(torch.randn(3, 9, 3))
 
         def forward(self, x):
-            return torch.ops.swtasks.cross_conv_sum(x, self.w_h, self.w_v, None, 9)
+            return torch.ops.swtasks.cross_conv_sum(x, self.w_h, self.w_v, None, 9, "auto", "ieee", False)
 
     with pytest.raises(ExportError, match="swtasks::cross_conv_sum"):
         export_module(DirectCustomOp(), tmp_path / "m.onnx", image_size=32)

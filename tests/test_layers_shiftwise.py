@@ -292,3 +292,63 @@ def test_cuda_torch_backend_matches_cpu_and_is_deterministic():
         ((w_h * g_h).sum() + (w_v * g_v).sum() + (w_s * g_s).sum()).backward()
         grads.append(mc.weight.grad.clone())
     assert torch.equal(grads[0], grads[1])
+
+
+def test_operator_switches_reach_the_op(monkeypatch):
+    """variant / dot_precision / deterministic are module arguments passed to every cross_conv call (and
+    through ShiftWiseNet's blocks), not globals."""
+    import swtasks.layers.shiftwise as mod
+
+    seen = []
+    real = mod.cross_conv
+
+    def spy(*a, **kw):
+        seen.append({k: kw.get(k) for k in ("backend", "variant", "dot_precision", "deterministic")})
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mod, "cross_conv", spy)
+    m = ShiftWiseConv2d(8, 13, backend="torch", variant="tc", dot_precision="tf32x3", deterministic=True).eval()
+    m(torch.randn(1, 8, 6, 6))
+    m.reparameterize()
+    m(torch.randn(1, 8, 6, 6))
+    want = {"backend": "torch", "variant": "tc", "dot_precision": "tf32x3", "deterministic": True}
+    assert seen == [want, want]
+    with pytest.raises(ValueError, match="variant"):
+        ShiftWiseConv2d(8, 13, variant="mma")
+    with pytest.raises(ValueError, match="dot_precision"):
+        ShiftWiseConv2d(8, 13, dot_precision="fp16")
+    from swtasks.models.shiftwise_net import ShiftWiseNet
+
+    net = ShiftWiseNet(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), kernel_sizes=(7, 7, 5, 3), num_classes=0,
+                       variant="direct", dot_precision="tf32", deterministic=False)
+    ops = [b.large_kernel for st in net.stages for b in st]
+    assert all((o.variant, o.dot_precision, o.deterministic) == ("direct", "tf32", False) for o in ops)
+    import swtasks
+
+    name = swtasks.list_models("shiftwise*")[0]
+    model = swtasks.create_model(name, variant="tc", dot_precision="ieee", deterministic=True)
+    ops = [b.large_kernel for st in model.stages for b in st]
+    assert ops and all((o.variant, o.dot_precision, o.deterministic) == ("tc", "ieee", True) for o in ops)
+
+
+@pytest.mark.parametrize("variant", ["tc", "direct"])
+def test_triton_layer_matches_torch_layer(variant):
+    """The layer through the Triton kernels (interpreted on CPU) equals the PyTorch path, forward and
+    backward, and Triton really ran."""
+    from swtasks.ops.triton_cross import LAUNCHES
+
+    torch.manual_seed(3)
+    ref = _randomize(ShiftWiseConv2d(8, 13, backend="torch"), seed=9)
+    tri = copy.deepcopy(ref)
+    tri.backend, tri.variant = "triton", variant
+    x = torch.randn(2, 8, 9, 7)
+    before = sum(n for k, n in LAUNCHES.items() if k.startswith(variant))
+    outs = []
+    for m in (ref, tri):
+        xx = x.clone().requires_grad_()
+        y = m(xx)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), xx.grad, m.weight.grad))
+    assert sum(n for k, n in LAUNCHES.items() if k.startswith(variant)) - before >= 3
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

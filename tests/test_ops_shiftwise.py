@@ -179,9 +179,14 @@ def test_reference_equals_fast_and_triton_paths_fwd_bwd(K, k, n_rep, g, C, H, W,
         return [o.detach() for o in outs], xr.grad, ww.grad
 
     (ref, ref_dx, ref_dw) = run(shiftwise_reference)
-    # the fast PyTorch path and the Triton kernels (interpreted on CPU, fp64 accumulation)
+    # the fast PyTorch path and the Triton kernels (interpreted on CPU, fp64: the direct kernels)
+    from swtasks.ops.triton_cross import LAUNCHES
+
     for backend in ("torch", "triton"):
+        before = sum(LAUNCHES.values())
         fast, fast_dx, fast_dw = run(functools.partial(shiftwise_conv, backend=backend))
+        ran = sum(LAUNCHES.values()) - before
+        assert ran >= (3 if backend == "triton" else 0) and (backend == "triton" or ran == 0), (backend, ran)
         for name, got, want in [("out", f, r) for f, r in zip(fast, ref)] + [
             ("grad x", fast_dx, ref_dx),
             ("grad w", fast_dw, ref_dw),

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.cross_conv import cross_conv
+from ..ops.options import DOT_PRECISIONS, VARIANTS
 from ..ops.shiftwise import (
     build_cross_kernels,
     cross_to_dense,
@@ -77,6 +78,10 @@ class ShiftWiseConv2d(nn.Module):
         n_rep: number of independent slot permutations.
         deploy: build the folded inference form directly (to load a reparameterized state dict).
         backend: forwarded to `swtasks.ops.cross_conv` ('torch', 'triton' or None = automatic).
+        variant: Triton kernels, 'auto' (None), 'tc' (tensor cores) or 'direct' (CUDA cores).
+        dot_precision: fp32 tensor-core dots, 'ieee' (None: exact), 'tf32x3' or 'tf32'.
+        deterministic: pin one tile configuration per shape (None: follow
+            torch.are_deterministic_algorithms_enabled()); see swtasks/ops/options.py.
     """
 
     def __init__(
@@ -89,8 +94,15 @@ class ShiftWiseConv2d(nn.Module):
         n_rep: int = 4,
         deploy: bool = False,
         backend: str | None = None,
+        variant: str | None = None,
+        dot_precision: str | None = None,
+        deterministic: bool | None = None,
     ):
         super().__init__()
+        if variant is not None and variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS} or None, got {variant!r}")
+        if dot_precision is not None and dot_precision not in DOT_PRECISIONS:
+            raise ValueError(f"dot_precision must be one of {DOT_PRECISIONS} or None, got {dot_precision!r}")
         channels = _check_int("channels", channels)
         kernel_size = _check_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
@@ -124,6 +136,9 @@ class ShiftWiseConv2d(nn.Module):
         self.ghost_channels = channels - R
         self.deploy = bool(deploy)
         self.backend = backend
+        self.variant = variant
+        self.dot_precision = dot_precision
+        self.deterministic = deterministic
 
         if self.deploy:
             rep_idx, ghost_idx = ghost_split(channels, R)
@@ -241,6 +256,10 @@ class ShiftWiseConv2d(nn.Module):
                 f"x has {x.shape[1]} channels (shape {tuple(x.shape)}), expected {self.channels}"
             )
 
+    def _op_switches(self) -> dict:
+        return dict(backend=self.backend, variant=self.variant, dot_precision=self.dot_precision,
+                    deterministic=self.deterministic)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         full = self.ghost_channels == 0
@@ -253,12 +272,12 @@ class ShiftWiseConv2d(nn.Module):
                 None,
                 big_kernel=self.kernel_size,
                 reduce=True,
-                backend=self.backend,
+                **self._op_switches(),
             )
             z = z + self.bias.to(z.dtype).view(1, -1, 1, 1)
         else:
             w_h, w_v, w_s = self.cross_kernels()
-            o_h, o_v, o_s = cross_conv(x_r, w_h, w_v, w_s, big_kernel=self.kernel_size, backend=self.backend)
+            o_h, o_v, o_s = cross_conv(x_r, w_h, w_v, w_s, big_kernel=self.kernel_size, **self._op_switches())
             z = self.bn_h(o_h) + self.bn_v(o_v) + self.bn_s(o_s) + x_r
         z = z.to(x.dtype)
         if full:

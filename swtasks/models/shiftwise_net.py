@@ -108,13 +108,16 @@ class ShiftWiseBlock(nn.Module):
         layer_scale_init_value: float | None = 1e-6,
         deploy: bool = False,
         backend: str | None = None,
+        variant: str | None = None,
+        dot_precision: str | None = None,
+        deterministic: bool | None = None,
     ):
         super().__init__()
         self.dim = dim
         self.deploy = deploy
         self.large_kernel = ShiftWiseConv2d(
             dim, kernel_size, small_kernel=small_kernel, ghost_ratio=ghost_ratio, n_path=n_path, n_rep=n_rep,
-            deploy=deploy, backend=backend,
+            deploy=deploy, backend=backend, variant=variant, dot_precision=dot_precision, deterministic=deterministic,
         )
         ghosts = self.large_kernel.ghost_channels
         if deploy:
@@ -183,6 +186,7 @@ class ShiftWiseNet(FourStageNet):
             LayerNorm(cf) `norm{i}`, instead of logits (no `norm` / `head`).
         grad_checkpointing: activation checkpointing per block (see set_grad_checkpointing).
         backend: the SW op backend ('torch', 'triton'; None: automatic).
+        variant, dot_precision, deterministic: the SW op's Triton switches (see ShiftWiseConv2d).
     """
 
     def __init__(
@@ -205,6 +209,9 @@ class ShiftWiseNet(FourStageNet):
         out_indices: Sequence[int] = (0, 1, 2, 3),
         grad_checkpointing: bool = False,
         backend: str | None = None,
+        variant: str | None = None,
+        dot_precision: str | None = None,
+        deterministic: bool | None = None,
     ):
         super().__init__()
         rates = self._setup(
@@ -223,6 +230,7 @@ class ShiftWiseNet(FourStageNet):
                     dims[i], self.kernel_sizes[i], small_kernel=small_kernel, ghost_ratio=ghost_ratio,
                     n_path=n_path, n_rep=n_rep, ffn_factor=ffn_factor, drop_path=rates[cur + j],
                     layer_scale_init_value=layer_scale_init_value, deploy=deploy, backend=backend,
+                    variant=variant, dot_precision=dot_precision, deterministic=deterministic,
                 )
                 for j in range(self.depths[i])
             ]
@@ -273,9 +281,9 @@ def shiftwise_arch(arch: str) -> dict[str, Any]:
     return dict(SHIFTWISE_ARCHS[key])
 
 
-def _build(variant: str, **kwargs: Any) -> ShiftWiseNet:
-    check_overrides(f"shiftwise_{variant}", kwargs, _ACCEPTED)
-    return ShiftWiseNet(**{**SHIFTWISE_ARCHS[variant], **kwargs})
+def _build(arch: str, /, **kwargs: Any) -> ShiftWiseNet:  # positional: `variant` is an operator switch
+    check_overrides(f"shiftwise_{arch}", kwargs, _ACCEPTED)
+    return ShiftWiseNet(**{**SHIFTWISE_ARCHS[arch], **kwargs})
 
 
 _CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")

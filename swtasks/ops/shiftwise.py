@@ -25,7 +25,7 @@ Public functions:
     build_cross_kernels(weight_sum, slot_h, slot_v, ident, n_small) -> (w_h, w_v, w_s)
     cross_to_dense(w_h, w_v, w_s, big_kernel) -> (C, 1, Kd, Kd) dense depthwise kernel
     shiftwise_reference(x_r, weight, slot_h, slot_v, ident, *, big_kernel) -> (O_h, O_v, O_s)
-    shiftwise_conv(x_r, weight, slot_h, slot_v, ident, *, big_kernel, reduce=False, backend=None)
+    shiftwise_conv(x_r, weight, slot_h, slot_v, ident, *, big_kernel, reduce=False, backend=None, ...)
 """
 
 from __future__ import annotations
@@ -322,9 +322,13 @@ def shiftwise_conv(
     big_kernel: int,
     reduce: bool = False,
     backend: str | None = None,
+    variant: str | None = None,
+    dot_precision: str | None = None,
+    deterministic: bool | None = None,
 ):
     """The fast operator: build the cross kernels from the shared small kernels (summed over paths
-    when weight is (n_path, R*nk, k, k)) and run `cross_conv` (dispatching to torch or Triton).
+    when weight is (n_path, R*nk, k, k)) and run `cross_conv` (dispatching to torch or Triton; the
+    Triton switches variant / dot_precision / deterministic are passed through).
     Returns (O_h, O_v, O_s), or their sum with reduce=True; same contract as `shiftwise_reference`."""
     W_p = _as_paths(weight)
     R = x_r.shape[1] if x_r.dim() == 4 else -1
@@ -334,4 +338,5 @@ def shiftwise_conv(
     nk = RN // R
     w_sum = W_p.sum(0) if W_p.shape[0] > 1 else W_p[0]
     w_h, w_v, w_s = build_cross_kernels(w_sum, slot_h, slot_v, ident, nk)
-    return cross_conv(x_r, w_h, w_v, w_s, big_kernel=big_kernel, reduce=reduce, backend=backend)
+    return cross_conv(x_r, w_h, w_v, w_s, big_kernel=big_kernel, reduce=reduce, backend=backend, variant=variant,
+                      dot_precision=dot_precision, deterministic=deterministic)
