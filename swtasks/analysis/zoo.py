@@ -27,6 +27,20 @@ PUBLISHED_TOP1 = {
     "unireplknet_s": 83.9,
     "slak_t": 82.5,
     "convnext_t": 82.1,
+    # KernelWarehouse paper (its own ResNet/MobileNetV2 training recipe; the baselines are its re-trained ones)
+    "kw_resnet18_1d4x": 72.73,
+    "kw_resnet18_1d2x": 73.33,
+    "kw_resnet18_1x": 74.77,
+    "kw_resnet18_2x": 75.19,
+    "kw_resnet18_4x": 76.05,
+    "kw_resnet50_1x": 80.38,
+    "kw_resnet50_4x": 81.05,
+    "kw_mobilenetv2_100_1x": 74.68,
+    "kw_mobilenetv2_100_4x": 75.92,
+    "kw_convnext_t_1x": 82.51,
+    "resnet18": 70.44,
+    "resnet50": 78.44,
+    "mobilenetv2_100": 72.04,
 }
 
 
