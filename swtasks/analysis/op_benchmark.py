@@ -296,41 +296,11 @@ class Runner:
         return cpu_peak_mib(call)
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """The profiler's C++ side prints start/stop lines on fd 2: hide them."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-
-
 def cpu_peak_mib(call) -> float | None:
-    try:
-        from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    """Peak MiB allocated by PyTorch's CPU allocator during `call()` (the model benchmark's measure)."""
+    from .benchmark import peak_memory_mib  # noqa: PLC0415
 
-        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            call()
-        events = [
-            (e.start_ns(), e.nbytes())
-            for e in prof.profiler.kineto_results.events()
-            if e.name() == "[memory]"
-        ]
-    except Exception:  # noqa: BLE001  (profiler API differences between versions)
-        return None
-    cur = peak = 0
-    for _, nbytes in sorted(events):
-        cur += nbytes
-        peak = max(peak, cur)
-    return peak / 2**20
+    return peak_memory_mib(call, torch.device("cpu"))
 
 
 def bench_row(runner: Runner, fn, inputs, *, backward: bool):
