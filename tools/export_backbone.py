@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", action="store_true", help="export the EMA weights instead of the raw ones")
     p.add_argument("--reparameterize", action="store_true", help="fold into the deploy structure first")
     p.add_argument("--no-head", action="store_true", help="drop the classifier (head.*)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of CHECKPOINT (trusted files)")
     args = p.parse_args(argv)
 
     from swtasks.cls.errors import InputError
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         meta = export_backbone(
-            args.checkpoint, args.output, ema=args.ema, reparameterize=args.reparameterize, drop_head=args.no_head
+            args.checkpoint, args.output, ema=args.ema, reparameterize=args.reparameterize, drop_head=args.no_head,
+            trust_pickle=args.trust_pickle,
         )
     except InputError as e:
         print(f"export_backbone.py: error: {e}", file=sys.stderr)
