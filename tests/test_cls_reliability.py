@@ -271,8 +271,8 @@ def test_nonfinite_loss_skip_mode_skips_the_batch(tmp_path):
 def test_two_process_ddp_equals_one_process_of_the_same_global_batch(folder, tmp_path):
     """2 processes x batch 4 (gloo, all-reduce BatchNorm) against 1 process x batch 8, 6 steps: the same
     samples per step (the sampler interleaves the ranks), the same BatchNorm statistics and the mean
-    gradient. Equal up to floating-point summation order, stated as: every weight within 1e-4 (max |diff|;
-    lr 1e-3, so about 2% of one Adam step, whose normalisation passes rounding differences on), the
+    gradient. Equal up to floating-point summation order, stated as: every weight within 5e-4 (max |diff|;
+    lr 1e-3; half of one Adam step, which can move a weight whose gradient is ~0 on rounding alone), the
     BatchNorm running statistics within 2% of each tensor's largest value (+1e-4; stage 4 sees 1x1 maps,
     8 values per channel). With per-process BatchNorm
     (--model.sync_batchnorm false) weights differ by 5e-3 and running variances by up to 2.0 (of ~6). Per-process random draws
@@ -302,7 +302,10 @@ def test_two_process_ddp_equals_one_process_of_the_same_global_batch(folder, tmp
             else:
                 weights[k] = float((ref.double() - v.double()).abs().max())
     worst = max(weights, key=weights.get)
-    assert weights[worst] < 1e-4, (worst, weights[worst])
+    # AdamW divides by the gradient's running RMS: where a gradient is ~0, summation-order rounding can move a
+    # weight by up to lr (1e-3) per step, so the bound is half of one step; the failure it guards against
+    # (per-process BatchNorm statistics) moves weights by ~5e-3. Typical here: 1e-5 to 1.4e-4.
+    assert weights[worst] < 5e-4, (worst, weights[worst])
 
 
 # ------------------------------------------------------------------------------------------ images

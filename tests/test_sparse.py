@@ -410,6 +410,9 @@ def _dist_worker(rank, world, init_file, out_dir):
         # different data per rank and no gradient sync: weights diverge, masks must not
         train(model, sp, opt, steps=4, data=batch(seed=20 + rank))
         torch.save({"init": init, "final": sp.state_dict()["masks"]}, f"{out_dir}/rank{rank}.pt")
+        # both ranks done before either tears the group down (gloo aborts a peer whose connection closes
+        # while it still reads)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
