@@ -312,7 +312,44 @@ def _match_loops(sass_loops: list, model: tuple) -> list | None:
         kept.append((m.depth - shift, m.trips))
     if [d for d, _ in kept] == depths:
         return [t for _, t in kept]
-    return None
+    return _match_groups(depths, [(m.depth, m.trips) for m in cand])
+
+
+def _groups(seq: list) -> list:
+    """Split a pre-order list of (depth, ...) into outermost loops, each with the loops inside it."""
+    out = []
+    for item in seq:
+        if item[0] == 1 or not out:
+            out.append([])
+        out[-1].append(item)
+    return out
+
+
+def _match_groups(depths: list, model: list) -> list | None:
+    """The compiler may lay out the branches of a kernel (one outermost loop each, with its inner
+    loops) in another order than the source, and may unroll all the constant-trip loops inside one:
+    match each compiled outermost loop to the first unused planned one with the same nesting, in the
+    compiled order; then a compiled loop with nothing inside to a planned one whose inner loops were
+    all unrolled (their instructions sit in it once per trip, which the counts then get right). None
+    when some loop has no counterpart."""
+    planned = _groups(model)
+    compiled = [[d for (d,) in g] for g in _groups([(d,) for d in depths])]
+    used = [False] * len(planned)
+    found: list = [None] * len(compiled)
+    for exact in (True, False):
+        for j, shape in enumerate(compiled):
+            if found[j] is not None:
+                continue
+            for i, pg in enumerate(planned):
+                if used[i]:
+                    continue
+                if [d for d, _ in pg] == shape if exact else shape == [1]:
+                    used[i] = True
+                    found[j] = [t for _, t in pg][: len(shape)]
+                    break
+    if not all(used) or any(f is None for f in found):
+        return None
+    return [t for f in found for t in f]
 
 
 def _mma_flops(op: str) -> tuple[float, str]:

@@ -290,6 +290,24 @@ def _vchunks(acc, src, wv_ptr, a_pos, a_img, q_img, q_off, cols, q_ok, y0, H, W,
 
 
 @triton.jit
+def _centre(acc, src, ws_ptr, a_pw, rows, a_ok, q_img, q_off, cols, q_ok, H, W, CHW, n_img, KS: tl.constexpr,
+            R: tl.constexpr, SIGN: tl.constexpr, VEC: tl.constexpr):
+    """acc += the k x k centre, tap by tap: src moved by SIGN*(i - R) rows and SIGN*(u - R) columns times
+    w_s[i, u] (the band S_i of the module docstring, without multiplying its zeros; exact fp32). The rows
+    in a run-time loop: k loads in flight, not k * k tiles in registers."""
+    for i in range(KS):
+        for u in tl.static_range(KS):
+            d = SIGN * (u - R)
+            if d == 0:
+                t = _load(src, a_pw, rows + SIGN * (i - R), a_ok, q_img, q_off, q_ok, H, W, CHW, n_img, VEC)
+            else:
+                m = q_ok & (cols + d >= 0) & (cols + d < W)
+                t = _load(src, a_pw, rows + SIGN * (i - R), a_ok, q_img, q_off + d, m, H, W, CHW, n_img, 1)
+            acc += tl.load(ws_ptr + (i * KS + u)).to(tl.float32) * t.to(tl.float32)
+    return acc
+
+
+@triton.jit
 def _program(B, H, W, NSPLIT, PARTS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, BH: tl.constexpr,
              BW: tl.constexpr, BLK_H: tl.constexpr, BLK_W: tl.constexpr):
     """This program's part (branch), split, channel and range of work items; programs of one
@@ -323,10 +341,11 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
              DOT: tl.constexpr, PREC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
              KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
              BLK_H: tl.constexpr, BLK_W: tl.constexpr, VEC: tl.constexpr, TC_SHIFT: tl.constexpr,
-             KC: tl.constexpr, KWC: tl.constexpr, KHC: tl.constexpr, KLOOP: tl.constexpr,
+             KC: tl.constexpr, KWC: tl.constexpr, KHC: tl.constexpr, KLOOP: tl.constexpr, DIRECT_S: tl.constexpr,
              ADD: tl.constexpr = False):
     """One program's items: out = the selected branches, summed (bands built once, kept); ADD: out +=
-    (a later phase of a phased program, which owns its output tiles: no other program touches them)."""
+    (a later phase of a phased program, which owns its output tiles: no other program touches them);
+    DIRECT_S: the centre (DO_S) as a k x k stencil on the FMA units instead of banded products."""
     PH: tl.constexpr = BH // SH if BLK_H else 1
     PW: tl.constexpr = BW // SW if BLK_W else 1
     WOFF: tl.constexpr = (-LO if SIGN == 1 else -(L - 1 - LO)) // VEC * VEC  # aligned window start
@@ -352,7 +371,7 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
             h3 += m3
             h4 += m4
         h0, h1, h2, h3, h4 = h0.to(DOT), h1.to(DOT), h2.to(DOT), h3.to(DOT), h4.to(DOT)
-    if DO_S and KC == 0:
+    if DO_S and KC == 0 and not DIRECT_S:
         s0, s1, s2, s3, s4 = _bands(ws_ptr, kw_pos, kw_img, q_pos, q_img, KS, 1, KS, R, KS, SIGN, BLK_W,
                                     DOT, False)
     if DO_V and KC == 0:
@@ -362,6 +381,11 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
     for it in range(it0, it1):
         base, n_img, y0, x0 = _item(it, B, C, H, W, c, n_ty, n_tx, PH, PW, BH, BW, VEC)
         acc = tl.zeros((BH, BW), dtype=tl.float32)
+        q_off = tl.multiple_of(q_img * CHW, VEC) + x0 + q_pos
+        q_ok = _cols_ok(x0, BW, W, SW, BLK_W, 0, VEC)
+        if DO_S and DIRECT_S:
+            acc = _centre(acc, src_s + base, ws_ptr, a_pw, y0 + a_pos, a_ok, q_img, q_off, x0 + q_pos, q_ok, H, W,
+                          CHW, n_img, KS, R, SIGN, VEC)
         if DO_H or DO_S:
             kc_off = tl.multiple_of(kw_img * CHW, VEC) + x0 + kw_pos
             kc_ok = _cols_ok(x0, KW, W, SW, BLK_W, WOFF, VEC)
@@ -370,7 +394,7 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
                 acc = _hchunks(acc, src_h + base, hw_ptr, hfix, hlen, hoff, ws_ptr, MERGE_S, q_pos, q_img, a_pw,
                                y0 + a_pos, a_ok, x0, H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC, KC, KWC, SW,
                                BLK_W, WOFF, KLOOP)
-            if DO_S:
+            if DO_S and not DIRECT_S:
                 acc = _hchunks(acc, src_s + base, ws_ptr, KS, KS, R, ws_ptr, False, q_pos, q_img, a_pw, y0 + a_pos,
                                a_ok, x0, H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC, KC, KWC, SW, BLK_W, WOFF,
                                KLOOP)
@@ -378,11 +402,9 @@ def _fwd_run(src_h, src_v, src_s, hw_ptr, hlen, hoff, hfix, ws_ptr, wv_ptr, out_
             if DO_H:
                 acc = _hsum(acc, src_h + base, h0, h1, h2, h3, h4, a_pw, y0 + a_pos, a_ok, kw_img, kc_off, kc_ok,
                             H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC)
-            if DO_S:
+            if DO_S and not DIRECT_S:
                 acc = _hsum(acc, src_s + base, s0, s1, s2, s3, s4, a_pw, y0 + a_pos, a_ok, kw_img, kc_off, kc_ok,
                             H, W, CHW, n_img, KS, R, SIGN, DOT, PREC, VEC)
-        q_off = tl.multiple_of(q_img * CHW, VEC) + x0 + q_pos
-        q_ok = _cols_ok(x0, BW, W, SW, BLK_W, 0, VEC)
         if DO_V and KC > 0:
             acc = _vchunks(acc, src_v + base, wv_ptr, a_pos, a_img, q_img, q_off, x0 + q_pos, q_ok, y0, H, W, CHW,
                            n_img, PW, PH, KS, L, LO, R, SIGN, DOT, PREC, VEC, KC, KHC, SH, BLK_H, HOFF, KLOOP)
@@ -407,7 +429,7 @@ def _cross_tc_kernel(
     BH: tl.constexpr, BW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, BLK_H: tl.constexpr, BLK_W: tl.constexpr,
     VEC: tl.constexpr, TC_SHIFT: tl.constexpr, PHASED: tl.constexpr, KC: tl.constexpr, KWC: tl.constexpr,
-    KHC: tl.constexpr, KLOOP: tl.constexpr,
+    KHC: tl.constexpr, KLOOP: tl.constexpr, DIRECT_S: tl.constexpr,
 ):
     """MODE 0: forward, one branch per program (part 0 horizontal, 1 vertical, 2 centre); MODE 1:
     forward, the sum (centre merged into the horizontal bands); MODE 2: input gradient, flipped taps,
@@ -425,32 +447,32 @@ def _cross_tc_kernel(
         if part == 1:
             _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_v, c, it0, it1, B, C, H, W, n_ty, n_tx,
                      False, True, False, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP)
+                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, DIRECT_S)
         elif part == 0:
             _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                      True, False, False, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP)
+                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, DIRECT_S)
         else:
             _fwd_run(src_h, src_v, src_s, ws, KS, R, KS, ws, wv, o_s, c, it0, it1, B, C, H, W, n_ty, n_tx,
-                     True, False, False, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP)
+                     not DIRECT_S, False, DIRECT_S, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
+                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, DIRECT_S)
     elif PHASED:
         _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                  True, False, False, MODE == 1 and HAS_S, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                 BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, False)
+                 BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, DIRECT_S, False)
         tl.debug_barrier()  # this program's stores are visible to all its threads before they add to them
         if MODE == 2 and HAS_S:
             _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                      False, False, True, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, True)
+                     BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, DIRECT_S, True)
             tl.debug_barrier()
         _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                  False, True, False, False, KS, L, LO, R, SIGN, DOT, PREC, BH, BW, KH, KW, SH, SW,
-                 BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, True)
+                 BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, DIRECT_S, True)
     else:
         _fwd_run(src_h, src_v, src_s, wh, L, LO, L, ws, wv, o_h, c, it0, it1, B, C, H, W, n_ty, n_tx,
                  True, True, MODE == 2 and HAS_S, MODE == 1 and HAS_S, KS, L, LO, R, SIGN, DOT, PREC,
-                 BH, BW, KH, KW, SH, SW, BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP)
+                 BH, BW, KH, KW, SH, SW, BLK_H, BLK_W, VEC, TC_SHIFT, KC, KWC, KHC, KLOOP, DIRECT_S)
 
 
 @triton.jit
@@ -597,7 +619,9 @@ class TileConfig:
     for 16-bit inputs whenever the plane fits the tile's width); phased: the summed forward and the
     input gradient one branch at a time (None: for fp32, whose bands would not all fit at once); kc: the
     width of the window chunks (None: 16 for fp32, 0 = whole windows with resident bands for 16-bit);
-    kloop: the chunks in a run-time loop instead of unrolled (None: for 'tf32x3', see _hchunks)."""
+    kloop: the chunks in a run-time loop instead of unrolled (None: for the TF32 forms, see _hchunks);
+    direct_s: fp32 only, the centre's own products (forward, input gradient) as a k x k stencil on the
+    FMA units rather than banded products that are mostly zeros (None: on for fp32)."""
 
     BH: int
     BW: int
@@ -608,6 +632,7 @@ class TileConfig:
     phased: bool | None = None
     kc: int | None = None
     kloop: bool | None = None
+    direct_s: bool | None = None
 
     @property
     def label(self) -> str:
@@ -622,6 +647,8 @@ class TileConfig:
             s += f",kc{self.kc}"
         if self.kloop is not None:
             s += f",kloop{int(self.kloop)}"
+        if self.direct_s is not None:
+            s += f",directs{int(self.direct_s)}"
         return s
 
 
@@ -694,27 +721,34 @@ def tc_launch(pass_name: str, B: int, C: int, H: int, W: int, K: int, k: int, dt
     kc = cfg.kc if cfg.kc is not None else (16 if dtype == "fp32" else 0)
     kwc = BW if blk_w else -(-(BW + (woff - woff // vec * vec) + L - 1) // max(kc, 1)) * max(kc, 1)
     khc = BH if blk_h else -(-(BH + L - 1) // max(kc, 1)) * max(kc, 1)
-    kloop = bool(kc and (cfg.kloop if cfg.kloop is not None else precision == "tf32x3"))
-    consts.update(MODE=_MODE[pass_name], PHASED=phased, KC=kc, KWC=kwc, KHC=khc, KLOOP=kloop)
+    kloop = bool(kc and (cfg.kloop if cfg.kloop is not None else prec in ("tf32", "tf32x3")))
+    direct_s = bool(dtype == "fp32" and (cfg.direct_s if cfg.direct_s is not None else True))
+    consts.update(MODE=_MODE[pass_name], PHASED=phased, KC=kc, KWC=kwc, KHC=khc, KLOOP=kloop, DIRECT_S=direct_s)
     ptrs = {"src_h": dtype, "src_v": dtype, "src_s": dtype, "wh_ptr": wdt, "wv_ptr": wdt, "ws_ptr": wdt,
             "o_h": dtype, "o_v": dtype, "o_s": dtype}
     traffic = (2 if pass_name == "forward_sum" else 4) * s * n
     # chunks in run-time loops (kloop): inside each item loop, one loop over the window's chunks per tap
     # (k of them per branch); chunk counts per branch kind: horizontal (and centre) kwc / kc, vertical khc / kc
     n_h, n_v = (kwc // kc, khc // kc) if kloop else (0, 0)
+    chunks_h, chunks_v = [n_h] * k if n_h else [], [n_v] * k if n_v else []
+    # the centre's own products: the stencil's run-time loop over its k rows (first in the item), or chunks
+    centre = [k] if direct_s else chunks_h
 
-    def item_loop(trips, *chunks):
-        inner = [LoopModel(2, c, may_vanish=c <= 1) for c in chunks if c for _ in range(k)]
-        return (LoopModel(1, trips), *inner)
+    def item_loop(trips, inner):
+        return (LoopModel(1, trips), *(LoopModel(2, c, may_vanish=c <= 1) for c in inner))
 
     if pass_name == "forward":  # part 1 (vertical), part 0 (horizontal), part 2 (centre), in source order
-        loops = sum((item_loop(n_items / (nsplit * parts), c) for c in (n_v, n_h, n_h)[:parts]), ())
+        t = n_items / (nsplit * parts)
+        loops = item_loop(t, chunks_v) + item_loop(t, chunks_h) + (item_loop(t, centre) if has_s else ())
     elif phased:  # every phase after the first reads the output back and writes it again
         n_phases = 3 if (pass_name == "grad_input" and has_s) else 2
         traffic += 2 * (n_phases - 1) * s * n
-        loops = sum((item_loop(n_items / nsplit, c) for c in (n_h, n_h, n_v)[3 - n_phases:]), ())
+        t = n_items / nsplit
+        loops = item_loop(t, chunks_h) + (item_loop(t, centre) if n_phases == 3 else ()) + item_loop(t, chunks_v)
+    elif pass_name == "grad_input" and has_s:
+        loops = item_loop(n_items / nsplit, (centre + chunks_h if direct_s else chunks_h + centre) + chunks_v)
     else:
-        loops = item_loop(n_items / nsplit, n_h, n_h if (pass_name == "grad_input" and has_s) else 0, n_v)
+        loops = item_loop(n_items / nsplit, chunks_h + chunks_v)
     name = {"forward": "tc_fwd", "forward_sum": "tc_fwd_sum", "grad_input": "tc_dx"}[pass_name]
     return Launch(name, _cross_tc_kernel, pass_name, cfg.label, ptrs, ints, consts, cfg.num_warps, cfg.num_stages,
                   C * parts * nsplit, loops, 1.0 / parts, traffic, info)
