@@ -122,10 +122,15 @@ def candidate_configs(variant: str, pass_name: str, dtype: str, precision: str, 
 def _block_fits(tile: int, need: int, pass_name: str, W: int, dtype: str, precision: str, arch: int) -> bool:
     """Tiles of 64 that pack several planes hold many scalar addresses when W is not a multiple of 8:
     they spill unless the plane needs the tile, or the pass is light enough; fp32 tiles of 64: exact
-    dots on sm_90+ only; TF32 forms: the weight gradient's [64, 64] operands spill on sm_80 and when
-    they pack planes of 8 or less (the kernel report)."""
+    dots on sm_90+ only. TF32 forms (the kernel report): on sm_90+ any tile but the weight gradient's
+    64 packing planes of 8 or less; before sm_90 (mma.sync, more live registers) only the tile the plane
+    needs, and not 64 for the weight gradient nor for the 3xTF32 forward (they spill)."""
     if dtype == "fp32" and precision in ("tf32", "tf32x3"):
-        return tile < 64 or pass_name != "grad_weight" or (arch >= 90 and need >= 16)
+        if tile == 64 and pass_name == "grad_weight" and (arch < 90 or need < 16):
+            return False
+        if arch >= 90:
+            return True
+        return tile == max(need, 16) and not (tile == 64 and precision == "tf32x3" and pass_name == "forward")
     if tile < 64:
         return True
     if dtype == "fp32":

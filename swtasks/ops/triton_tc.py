@@ -297,14 +297,19 @@ def _centre(acc, src, ws_ptr, a_pw, rows, a_ok, q_img, q_off, cols, q_ok, H, W, 
     in a run-time loop: k loads in flight, not k * k tiles in registers."""
     for i in range(KS):
         for u in tl.static_range(KS):
-            d = SIGN * (u - R)
-            if d == 0:
-                t = _load(src, a_pw, rows + SIGN * (i - R), a_ok, q_img, q_off, q_ok, H, W, CHW, n_img, VEC)
-            else:
-                m = q_ok & (cols + d >= 0) & (cols + d < W)
-                t = _load(src, a_pw, rows + SIGN * (i - R), a_ok, q_img, q_off + d, m, H, W, CHW, n_img, 1)
+            t = _moved(src, a_pw, rows + SIGN * (i - R), a_ok, q_img, q_off, cols, q_ok, SIGN * (u - R), H, W, CHW,
+                       n_img, VEC)
             acc += tl.load(ws_ptr + (i * KS + u)).to(tl.float32) * t.to(tl.float32)
     return acc
+
+
+@triton.jit
+def _moved(src, a_pw, rows, a_ok, q_img, q_off, cols, q_ok, d: tl.constexpr, H, W, CHW, n_img, VEC: tl.constexpr):
+    """The tile of src at the given rows, columns moved by d inside each image slot (zero outside)."""
+    if d == 0:
+        return _load(src, a_pw, rows, a_ok, q_img, q_off, q_ok, H, W, CHW, n_img, VEC)
+    m = q_ok & (cols + d >= 0) & (cols + d < W)
+    return _load(src, a_pw, rows, a_ok, q_img, q_off + d, m, H, W, CHW, n_img, 1)
 
 
 @triton.jit
@@ -570,6 +575,54 @@ def _dw_v(x_ptr, g_ptr, part_ptr, j, c, it0, it1, B, C, H, W, n_ty, n_tx,
 
 
 @triton.jit
+def _dw_s(x_ptr, g_ptr, part_ptr, i, c, it0, it1, B, C, H, W, n_ty, n_tx, KS: tl.constexpr, R: tl.constexpr,
+          BH: tl.constexpr, BW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, BLK_H: tl.constexpr,
+          BLK_W: tl.constexpr, VEC: tl.constexpr):
+    """Centre weight gradient of row i as a stencil: part[u] = sum over the items of the elementwise
+    product of g and x moved by (i - R, u - R), u < KS (exact fp32; one accumulator per tap, each summed
+    once at the end in a fixed order)."""
+    PH: tl.constexpr = BH // SH if BLK_H else 1
+    PW: tl.constexpr = BW // SW if BLK_W else 1
+    CHW = C * H * W
+    a_img, a_pos = _axis(BH, SH, BLK_H, 0)
+    q_img, q_pos = _axis(BW, SW, BLK_W, 0)
+    a_pw = a_img * PW
+    a_ok = a_img < PH
+    acc0 = tl.zeros((BH, BW), dtype=tl.float32)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    acc4 = acc0
+    for it in range(it0, it1):
+        base, n_img, y0, x0 = _item(it, B, C, H, W, c, n_ty, n_tx, PH, PW, BH, BW, VEC)
+        rows = y0 + a_pos
+        cols = x0 + q_pos
+        q_off = tl.multiple_of(q_img * CHW, VEC) + x0 + q_pos
+        q_ok = _cols_ok(x0, BW, W, SW, BLK_W, 0, VEC)
+        g = _load(g_ptr + base, a_pw, rows, a_ok, q_img, q_off, q_ok, H, W, CHW, n_img, VEC).to(tl.float32)
+        src = x_ptr + base
+        rx = rows + (i - R)
+        acc0 += g * _moved(src, a_pw, rx, a_ok, q_img, q_off, cols, q_ok, 0 - R, H, W, CHW, n_img, VEC).to(tl.float32)
+        if KS > 1:
+            acc1 += g * _moved(src, a_pw, rx, a_ok, q_img, q_off, cols, q_ok, 1 - R, H, W, CHW, n_img,
+                               VEC).to(tl.float32)
+            acc2 += g * _moved(src, a_pw, rx, a_ok, q_img, q_off, cols, q_ok, 2 - R, H, W, CHW, n_img,
+                               VEC).to(tl.float32)
+        if KS > 3:
+            acc3 += g * _moved(src, a_pw, rx, a_ok, q_img, q_off, cols, q_ok, 3 - R, H, W, CHW, n_img,
+                               VEC).to(tl.float32)
+            acc4 += g * _moved(src, a_pw, rx, a_ok, q_img, q_off, cols, q_ok, 4 - R, H, W, CHW, n_img,
+                               VEC).to(tl.float32)
+    tl.store(part_ptr, tl.sum(tl.sum(acc0, axis=1), axis=0))
+    if KS > 1:
+        tl.store(part_ptr + 1, tl.sum(tl.sum(acc1, axis=1), axis=0))
+        tl.store(part_ptr + 2, tl.sum(tl.sum(acc2, axis=1), axis=0))
+    if KS > 3:
+        tl.store(part_ptr + 3, tl.sum(tl.sum(acc3, axis=1), axis=0))
+        tl.store(part_ptr + 4, tl.sum(tl.sum(acc4, axis=1), axis=0))
+
+
+@triton.jit
 def _cross_tc_dw_kernel(
     x_ptr, gh_ptr, gv_ptr, gs_ptr, part_ptr,
     B, C, H, W, NSPLIT,
@@ -578,6 +631,7 @@ def _cross_tc_dw_kernel(
     BH: tl.constexpr, BW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, BLK_H: tl.constexpr, BLK_W: tl.constexpr,
     VEC: tl.constexpr, TC_SHIFT: tl.constexpr, GATHER: tl.constexpr, UPL: tl.constexpr, UPS: tl.constexpr,
+    DIRECT_S: tl.constexpr,
 ):
     """Weight-gradient partials part[split, c, taps] (taps: w_h (i, u), then w_v (u, j), then w_s (i, j)),
     one band per program: parts 0..KS-1 horizontal row i, KS..2KS-1 vertical column j, then the centre's
@@ -596,6 +650,9 @@ def _cross_tc_dw_kernel(
     elif branch == 0:
         _dw_h(x_ptr, gh_ptr, row + i * L, i, L, LO, c, it0, it1, B, C, H, W, n_ty, n_tx, L, LO, R, DOT, PREC,
               BH, BW, KW, SH, SW, BLK_H, BLK_W, VEC, UPL, GATHER)
+    elif DIRECT_S:
+        _dw_s(x_ptr, gs_ptr, row + 2 * KS * L + i * KS, i, c, it0, it1, B, C, H, W, n_ty, n_tx, KS, R, BH, BW, SH, SW,
+              BLK_H, BLK_W, VEC)
     else:
         _dw_h(x_ptr, gs_ptr, row + 2 * KS * L + i * KS, i, KS, R, c, it0, it1, B, C, H, W, n_ty, n_tx, L, LO, R,
               DOT, PREC, BH, BW, KW, SH, SW, BLK_H, BLK_W, VEC, UPS, GATHER)
@@ -620,8 +677,8 @@ class TileConfig:
     input gradient one branch at a time (None: for fp32, whose bands would not all fit at once); kc: the
     width of the window chunks (None: 16 for fp32, 0 = whole windows with resident bands for 16-bit);
     kloop: the chunks in a run-time loop instead of unrolled (None: for the TF32 forms, see _hchunks);
-    direct_s: fp32 only, the centre's own products (forward, input gradient) as a k x k stencil on the
-    FMA units rather than banded products that are mostly zeros (None: on for fp32)."""
+    direct_s: fp32 only, the centre's own products (forward, input and weight gradients) as a k x k
+    stencil on the FMA units rather than banded products that are mostly zeros (None: on for fp32)."""
 
     BH: int
     BW: int
@@ -704,9 +761,11 @@ def tc_launch(pass_name: str, B: int, C: int, H: int, W: int, K: int, k: int, dt
     n = B * C * H * W
     info = {"parts": parts, "items": n_items, "nsplit": nsplit}
     loops = tuple(LoopModel(1, n_items / (nsplit * parts)) for _ in range(parts))
+    direct_s = bool(dtype == "fp32" and (cfg.direct_s if cfg.direct_s is not None else True))
     if pass_name == "grad_weight":
         t_all = 2 * k * L + k * k
-        consts.update(GATHER=HAS_GATHER, UPL=triton.next_power_of_2(L), UPS=triton.next_power_of_2(k))
+        consts.update(GATHER=HAS_GATHER, UPL=triton.next_power_of_2(L), UPS=triton.next_power_of_2(k),
+                      DIRECT_S=direct_s)
         ptrs = {"x_ptr": dtype, "gh_ptr": dtype, "gv_ptr": dtype, "gs_ptr": dtype, "part_ptr": "fp32"}
         branches = 3 if has_s else 2  # one code path (and loop) per branch; k programs per branch
         loops = tuple(LoopModel(1, n_items / (nsplit * branches)) for _ in range(branches))
@@ -722,7 +781,6 @@ def tc_launch(pass_name: str, B: int, C: int, H: int, W: int, K: int, k: int, dt
     kwc = BW if blk_w else -(-(BW + (woff - woff // vec * vec) + L - 1) // max(kc, 1)) * max(kc, 1)
     khc = BH if blk_h else -(-(BH + L - 1) // max(kc, 1)) * max(kc, 1)
     kloop = bool(kc and (cfg.kloop if cfg.kloop is not None else prec in ("tf32", "tf32x3")))
-    direct_s = bool(dtype == "fp32" and (cfg.direct_s if cfg.direct_s is not None else True))
     consts.update(MODE=_MODE[pass_name], PHASED=phased, KC=kc, KWC=kwc, KHC=khc, KLOOP=kloop, DIRECT_S=direct_s)
     ptrs = {"src_h": dtype, "src_v": dtype, "src_s": dtype, "wh_ptr": wdt, "wv_ptr": wdt, "ws_ptr": wdt,
             "o_h": dtype, "o_v": dtype, "o_s": dtype}
