@@ -325,13 +325,29 @@ def _groups(seq: list) -> list:
     return out
 
 
+def _subsequence(shape: list, planned: list) -> list | None:
+    """Indices of `planned` (depths) that `shape` keeps in order, the first entry (the outermost loop)
+    included; None when shape is not such a subsequence."""
+    if not shape or not planned or shape[0] != planned[0]:
+        return None
+    keep, j = [0], 1
+    for d in shape[1:]:
+        while j < len(planned) and planned[j] != d:
+            j += 1
+        if j == len(planned):
+            return None
+        keep.append(j)
+        j += 1
+    return keep
+
+
 def _match_groups(depths: list, model: list) -> list | None:
     """The compiler may lay out the branches of a kernel (one outermost loop each, with its inner
-    loops) in another order than the source, and may unroll all the constant-trip loops inside one:
+    loops) in another order than the source, and may unroll some constant-trip loops inside one:
     match each compiled outermost loop to the first unused planned one with the same nesting, in the
-    compiled order; then a compiled loop with nothing inside to a planned one whose inner loops were
-    all unrolled (their instructions sit in it once per trip, which the counts then get right). None
-    when some loop has no counterpart."""
+    compiled order; then to one whose inner loops it keeps in part (the unrolled ones' instructions
+    sit in the outer loop once per trip, which the counts then get right; the trips of the kept ones
+    are taken in order). None when some loop has no counterpart."""
     planned = _groups(model)
     compiled = [[d for (d,) in g] for g in _groups([(d,) for d in depths])]
     used = [False] * len(planned)
@@ -343,9 +359,11 @@ def _match_groups(depths: list, model: list) -> list | None:
             for i, pg in enumerate(planned):
                 if used[i]:
                     continue
-                if [d for d, _ in pg] == shape if exact else shape == [1]:
+                pdepths = [d for d, _ in pg]
+                keep = (list(range(len(pg))) if pdepths == shape else None) if exact else _subsequence(shape, pdepths)
+                if keep is not None:
                     used[i] = True
-                    found[j] = [t for _, t in pg][: len(shape)]
+                    found[j] = [pg[k][1] for k in keep]
                     break
     if not all(used) or any(f is None for f in found):
         return None

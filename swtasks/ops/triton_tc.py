@@ -593,7 +593,7 @@ def _dw_s(x_ptr, g_ptr, part_ptr, i, c, it0, it1, B, C, H, W, n_ty, n_tx, KS: tl
     acc2 = acc0
     acc3 = acc0
     acc4 = acc0
-    for it in range(it0, it1):
+    for it in tl.range(it0, it1, num_stages=1):  # not software-pipelined: one loop, as the launch plan says
         base, n_img, y0, x0 = _item(it, B, C, H, W, c, n_ty, n_tx, PH, PW, BH, BW, VEC)
         rows = y0 + a_pos
         cols = x0 + q_pos
@@ -678,7 +678,8 @@ class TileConfig:
     width of the window chunks (None: 16 for fp32, 0 = whole windows with resident bands for 16-bit);
     kloop: the chunks in a run-time loop instead of unrolled (None: for the TF32 forms, see _hchunks);
     direct_s: fp32 only, the centre's own products (forward, input and weight gradients) as a k x k
-    stencil on the FMA units rather than banded products that are mostly zeros (None: on for fp32)."""
+    stencil on the FMA units rather than banded products that are mostly zeros (None: on for fp32, but
+    for the TF32 forms' weight gradient)."""
 
     BH: int
     BW: int
@@ -761,7 +762,10 @@ def tc_launch(pass_name: str, B: int, C: int, H: int, W: int, K: int, k: int, dt
     n = B * C * H * W
     info = {"parts": parts, "items": n_items, "nsplit": nsplit}
     loops = tuple(LoopModel(1, n_items / (nsplit * parts)) for _ in range(parts))
-    direct_s = bool(dtype == "fp32" and (cfg.direct_s if cfg.direct_s is not None else True))
+    # the weight gradient's stencil holds k [BH, BW] accumulators: exact fp32 only by default (the TF32
+    # forms' 4-warp tiles of 64 would spill)
+    direct_s = bool(dtype == "fp32" and (cfg.direct_s if cfg.direct_s is not None
+                                         else (pass_name != "grad_weight" or prec == "ieee")))
     if pass_name == "grad_weight":
         t_all = 2 * k * L + k * k
         consts.update(GATHER=HAS_GATHER, UPL=triton.next_power_of_2(L), UPS=triton.next_power_of_2(k),
