@@ -762,10 +762,11 @@ def tc_launch(pass_name: str, B: int, C: int, H: int, W: int, K: int, k: int, dt
     n = B * C * H * W
     info = {"parts": parts, "items": n_items, "nsplit": nsplit}
     loops = tuple(LoopModel(1, n_items / (nsplit * parts)) for _ in range(parts))
-    # the weight gradient's stencil holds k [BH, BW] accumulators: exact fp32 only by default (the TF32
-    # forms' 4-warp tiles of 64 would spill)
+    # the weight gradient's stencil holds k [BH, BW] accumulators: by default exact fp32 only (the TF32
+    # forms' 4-warp tiles of 64 would spill) in tiles of 32 or more (in tiles of 16 the compiler unrolls
+    # its small loop by 4 with a remainder loop, which the kernel report's loop model cannot follow)
     direct_s = bool(dtype == "fp32" and (cfg.direct_s if cfg.direct_s is not None
-                                         else (pass_name != "grad_weight" or prec == "ieee")))
+                                         else (pass_name != "grad_weight" or (prec == "ieee" and BH * BW >= 1024))))
     if pass_name == "grad_weight":
         t_all = 2 * k * L + k * k
         consts.update(GATHER=HAS_GATHER, UPL=triton.next_power_of_2(L), UPS=triton.next_power_of_2(k),
