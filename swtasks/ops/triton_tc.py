@@ -7,7 +7,8 @@ plane (or a tile packing several small planes):
   over a window of input columns p around the tile's output columns q (zero outside the band);
 - vertical strip: out_v = sum_j V_j @ (x columns shifted by j - r), V_j[a, p] = w_v[c, p - a + K//2, j];
 - centre: out_s = sum_i (x rows shifted by i - r) @ S_i, S_i the 3-diagonal band of w_s[c, i, :]; in the
-  summed (deploy) forward it is added to T_i and costs nothing;
+  summed (deploy) forward it is added to T_i and costs nothing; fp32 computes its own branch (and, exact,
+  its weight gradient) as a k x k stencil on the FMA units instead (`_centre`, `_dw_s`);
 - input gradient: the same products with flipped taps (transposed bands) applied to the three
   incoming gradients, summed in one accumulator;
 - weight gradient: dT_i = sum over the streamed tiles of (x rows shifted)^T @ g (the same product,
@@ -23,7 +24,7 @@ on tensor cores (TC_SHIFT) instead of misaligned loads; every other load is vect
 compiler that W, the slots and the window starts are multiples of VEC.
 
 Operands: fp16/bf16 (fp32 accumulation) and fp32 with input_precision 'ieee' (exact, FMA units),
-'tf32x3' or 'tf32'. Launch plans (`tc_launch`) are shared by the launchers and the kernel report.
+'tf32x3' (three TF32 products written out, `_mma`) or 'tf32'. Launch plans (`tc_launch`) are shared by the launchers and the kernel report.
 """
 
 from __future__ import annotations
