@@ -221,7 +221,8 @@ def check_forced(args, K, variant, cfg, precision=None):
 FP32_FORCED = [
     # B, C, H, W, K, k, precision, tile
     (5, 2, 9, 13, 13, 3, "tf32x3", TileConfig(64, 64, 4, 1)),
-    (2, 1, 21, 30, 51, 3, "tf32x3", TileConfig(64, 64, 4, 1, kc=8, direct_s=True)),
+    (2, 1, 37, 40, 51, 3, "tf32x3", TileConfig(64, 64, 4, 1, kc=8, direct_s=True)),  # 5 of 8 chunks
+    (1, 2, 50, 56, 51, 3, "ieee", TileConfig(64, 64, 8)),  # unrolled chunks of 8, 7 of 8 (the default)
     (1, 2, 37, 45, 13, 3, "tf32x3", TileConfig(32, 32, 4, 1, nsplit=2, kc=8, direct_s=True)),
     (3, 1, 14, 14, 47, 5, "tf32", TileConfig(32, 32, 4, 1, kloop=True)),
     (2, 1, 37, 35, 49, 3, "ieee", TileConfig(32, 32, nsplit=2, direct_s=True)),

@@ -782,10 +782,14 @@ def tc_launch(pass_name: str, B: int, C: int, H: int, W: int, K: int, k: int, dt
     phased = bool((cfg.phased if cfg.phased is not None else dtype == "fp32") and dtype == "fp32"
                   and pass_name != "forward")
     # fp32 operands: windows in chunks of 16 with the bands built when used (resident fp32 bands and
-    # whole-window FMA dots spill); 16-bit: resident bands (kc 0)
-    kc = cfg.kc if cfg.kc is not None else (16 if dtype == "fp32" else 0)
-    kwc = BW if blk_w else -(-(BW + (woff - woff // vec * vec) + L - 1) // max(kc, 1)) * max(kc, 1)
-    khc = BH if blk_h else -(-(BH + L - 1) // max(kc, 1)) * max(kc, 1)
+    # whole-window FMA dots spill), of 8 when that skips more of a block tile's padding (one plane per
+    # tile row or column, e.g. 56 of 64: 7 chunks of 8 instead of 4 of 16); 16-bit: resident bands (kc 0)
+    pad8 = any(blk and p == 1 and -(-e // 8) < 2 * -(-e // 16) for blk, p, e in ((blk_w, PW, W), (blk_h, PH, H)))
+    kc = cfg.kc if cfg.kc is not None else ((8 if pad8 else 16) if dtype == "fp32" else 0)
+    kcr = lambda v: -(-v // max(kc, 1)) * max(kc, 1)  # noqa: E731  (rounded up to whole chunks)
+    # block mode: the window is the tile; one plane per tile row / column: only the chunks reaching it
+    kwc = (kcr(W) if PW == 1 else BW) if blk_w else kcr(BW + (woff - woff // vec * vec) + L - 1)
+    khc = (kcr(H) if PH == 1 else BH) if blk_h else kcr(BH + L - 1)
     kloop = bool(kc and (cfg.kloop if cfg.kloop is not None else prec in ("tf32", "tf32x3")))
     consts.update(MODE=_MODE[pass_name], PHASED=phased, KC=kc, KWC=kwc, KHC=khc, KLOOP=kloop, DIRECT_S=direct_s)
     ptrs = {"src_h": dtype, "src_v": dtype, "src_s": dtype, "wh_ptr": wdt, "wv_ptr": wdt, "ws_ptr": wdt,
