@@ -94,3 +94,21 @@ def test_tensor_cores_estimated_faster_than_direct(records):
     assert pairs
     slower = [p for p in pairs if p[1] >= p[2]]
     assert not slower, slower
+
+
+def test_loop_matcher_follows_the_compiled_layout():
+    """The plan's loops against compiled layouts (no compile needed): exact; the branches laid out in
+    another order; one branch's constant-trip inner loops unrolled; a loop the plan lacks is no match."""
+    from swtasks.analysis.kernel_report import _match_loops
+    from swtasks.ops.launch import LoopModel
+
+    plan = (LoopModel(1, 7), LoopModel(2, 4), LoopModel(2, 4), LoopModel(1, 5), LoopModel(2, 3))
+
+    def loops(depths):
+        return [{"depth": d} for d in depths]
+
+    assert _match_loops(loops([1, 2, 2, 1, 2]), plan) == [7, 4, 4, 5, 3]
+    assert _match_loops(loops([1, 2, 1, 2, 2]), plan) == [5, 3, 7, 4, 4]
+    assert _match_loops(loops([1, 1, 2]), plan) == [7, 5, 3]
+    assert _match_loops(loops([1, 2, 1, 2]), plan) == [5, 3, 7, 4]  # ambiguous: the exact nesting first
+    assert _match_loops(loops([1, 2, 1, 2, 2, 1]), plan) is None

@@ -196,15 +196,15 @@ def test_direct_forced_tiles_chunks_splits(B, C, H, W, K, k, _t, cfg):
     check_forced(args, K, "direct", cfg)
 
 
-def check_forced(args, K, variant, cfg):
+def check_forced(args, K, variant, cfg, precision=None):
     x, w_h, w_v, w_s = (t.detach() for t in args)
     outs_r, _ = run_oracle(*args, K=K)
+    kw = dict(big_kernel=K, variant=variant, dot_precision=precision, config=cfg)
     with launched(variant, at_least=4):
-        outs = tc.cross_conv_triton_forward(x, w_h, w_v, w_s, big_kernel=K, variant=variant, config=cfg)
-        red = tc.cross_conv_triton_forward(x, w_h, w_v, w_s, big_kernel=K, reduce=True, variant=variant, config=cfg)
+        outs = tc.cross_conv_triton_forward(x, w_h, w_v, w_s, **kw)
+        red = tc.cross_conv_triton_forward(x, w_h, w_v, w_s, reduce=True, **kw)
         g = upstream(outs_r)
-        grads = tc.cross_conv_triton_backward(*(u.float() for u in g), x, w_h, w_v, w_s, big_kernel=K,
-                                              variant=variant, config=cfg)
+        grads = tc.cross_conv_triton_backward(*(u.float() for u in g), x, w_h, w_v, w_s, **kw)
     for name, a, b in zip(("out_h", "out_v", "out_s"), outs, outs_r):
         assert_close(a, b, 1e-5, name)
     assert_close(red, sum(outs_r), 1e-5, "sum")
@@ -212,6 +212,28 @@ def check_forced(args, K, variant, cfg):
     want = torch.autograd.grad(oracle(*xs, K), xs, g)
     for name, a, b in zip(("dx", "dw_h", "dw_v", "dw_s"), grads, want):
         assert_close(a, b, 1e-5, name)
+
+
+# fp32 configurations of tiles 32 and 64 (packed planes; tiled windows with an unaligned start), window
+# chunks of 8 or 16 in run-time loops (kloop) or unrolled, the centre as a stencil (direct_s), with the
+# dot precision the tuner offers them for. The interpreter multiplies in fp32 whatever the precision, so
+# this checks the indexing and tf32x3's hi/lo split (one dropped lo*lo term, ~2^-22), not TF32 rounding.
+FP32_FORCED = [
+    # B, C, H, W, K, k, precision, tile
+    (5, 2, 9, 13, 13, 3, "tf32x3", TileConfig(64, 64, 4, 1)),
+    (2, 1, 37, 40, 51, 3, "tf32x3", TileConfig(64, 64, 4, 1, kc=8, direct_s=True)),  # 5 of 8 chunks
+    (1, 2, 50, 56, 51, 3, "ieee", TileConfig(64, 64, 8)),  # unrolled chunks of 8, 7 of 8 (the default)
+    (1, 2, 37, 45, 13, 3, "tf32x3", TileConfig(32, 32, 4, 1, nsplit=2, kc=8, direct_s=True)),
+    (3, 1, 14, 14, 47, 5, "tf32", TileConfig(32, 32, 4, 1, kloop=True)),
+    (2, 1, 37, 35, 49, 3, "ieee", TileConfig(32, 32, nsplit=2, direct_s=True)),
+]
+
+
+@pytest.mark.parametrize("B,C,H,W,K,k,precision,cfg", FP32_FORCED,
+                         ids=[f"{c[6]}-{c[7].label}-H{c[2]}W{c[3]}K{c[4]}k{c[5]}" for c in FP32_FORCED])
+def test_tc_fp32_tiles_chunks_stencil(B, C, H, W, K, k, precision, cfg):
+    args = make(B, C, H, W, K, k, seed=H * K)
+    check_forced(args, K, "tc", cfg, precision)
 
 
 # Odd sizes at each SW-T stage's kernel (K, and L = 51, 51, 48, 15), small blocks forced.

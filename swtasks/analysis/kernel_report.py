@@ -312,7 +312,62 @@ def _match_loops(sass_loops: list, model: tuple) -> list | None:
         kept.append((m.depth - shift, m.trips))
     if [d for d, _ in kept] == depths:
         return [t for _, t in kept]
-    return None
+    return _match_groups(depths, [(m.depth, m.trips) for m in cand])
+
+
+def _groups(seq: list) -> list:
+    """Split a pre-order list of (depth, ...) into outermost loops, each with the loops inside it."""
+    out = []
+    for item in seq:
+        if item[0] == 1 or not out:
+            out.append([])
+        out[-1].append(item)
+    return out
+
+
+def _subsequence(shape: list, planned: list) -> list | None:
+    """Indices of `planned` (depths) that `shape` keeps in order, the first entry (the outermost loop)
+    included; None when shape is not such a subsequence."""
+    if not shape or not planned or shape[0] != planned[0]:
+        return None
+    keep, j = [0], 1
+    for d in shape[1:]:
+        while j < len(planned) and planned[j] != d:
+            j += 1
+        if j == len(planned):
+            return None
+        keep.append(j)
+        j += 1
+    return keep
+
+
+def _match_groups(depths: list, model: list) -> list | None:
+    """The compiler may lay out the branches of a kernel (one outermost loop each, with its inner
+    loops) in another order than the source, and may unroll some constant-trip loops inside one:
+    match each compiled outermost loop to the first unused planned one with the same nesting, in the
+    compiled order; then to one whose inner loops it keeps in part (the unrolled ones' instructions
+    sit in the outer loop once per trip, which the counts then get right; the trips of the kept ones
+    are taken in order). None when some loop has no counterpart."""
+    planned = _groups(model)
+    compiled = [[d for (d,) in g] for g in _groups([(d,) for d in depths])]
+    used = [False] * len(planned)
+    found: list = [None] * len(compiled)
+    for exact in (True, False):
+        for j, shape in enumerate(compiled):
+            if found[j] is not None:
+                continue
+            for i, pg in enumerate(planned):
+                if used[i]:
+                    continue
+                pdepths = [d for d, _ in pg]
+                keep = (list(range(len(pg))) if pdepths == shape else None) if exact else _subsequence(shape, pdepths)
+                if keep is not None:
+                    used[i] = True
+                    found[j] = [pg[k][1] for k in keep]
+                    break
+    if not all(used) or any(f is None for f in found):
+        return None
+    return [t for f in found for t in f]
 
 
 def _mma_flops(op: str) -> tuple[float, str]:

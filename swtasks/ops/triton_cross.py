@@ -70,16 +70,21 @@ LAUNCHES: Counter = Counter()  # kernel name -> number of launches
 # Tiles of the tensor-core kernels. Block tiles (the plane fits: H, W <= tile) pack whole small planes;
 # tiled configurations serve larger planes. Every candidate compiles for the architectures it is offered
 # on without spills and within their shared memory at the SW-T stage shapes (tests/test_ops_kernels_compile.py;
-# the kernel report checks all of them): fp32 tiles of 64 only with exact ('ieee') dots on sm_90+ (they
-# need ~210 KB of shared memory; tf32x3 spills there).
+# the kernel report checks all of them): exact ('ieee') fp32 tiles of 64 only on sm_90+ (they need ~115-210
+# KB of shared memory); the TF32 forms (4 warps, 1 stage, window chunks in run-time loops) in tiles up to
+# 64 (see _block_fits).
 TC_BLOCK_TILES = {"16bit": (16, 32, 64), "fp32": (16, 32, 64)}
 TC_TILED = {"16bit": (TileConfig(32, 32, 8), TileConfig(32, 64, 8)), "fp32": (TileConfig(32, 32, 8),),
-            "tf32": (TileConfig(16, 16, 8),), "tf32x3": (TileConfig(16, 16, 4, 1),)}
+            "tf32": (TileConfig(16, 16, 8), TileConfig(32, 32, 4, 1)),
+            "tf32x3": (TileConfig(16, 16, 4, 1), TileConfig(32, 32, 4, 1))}
 
 
-def _block_warps(kind: str, pass_name: str, tile: int) -> int:
-    """4 warps; 8 for fp32 tiles of 64 (the accumulator and the FMA dots' operands in registers)."""
-    return 8 if (kind == "fp32" and tile >= 64) else 4
+def _block_config(dtype: str, precision: str, tile: int) -> TileConfig:
+    """4 warps; 8 for exact fp32 tiles of 64 (the accumulator and the FMA dots' operands in registers);
+    TF32 forms: 4 warps (one warpgroup: 8 would duplicate the tile's wgmma work) and 1 stage."""
+    if dtype == "fp32" and precision in ("tf32", "tf32x3"):
+        return TileConfig(tile, tile, 4, 1)
+    return TileConfig(tile, tile, 8 if (dtype == "fp32" and tile >= 64) else 4)
 
 
 def triton_available_for(x: torch.Tensor) -> bool:
@@ -107,7 +112,7 @@ def candidate_configs(variant: str, pass_name: str, dtype: str, precision: str, 
     if variant == "tc":
         kind = "fp32" if dtype == "fp32" else "16bit"
         need = triton.next_power_of_2(max(H, W, 1))
-        block = tuple(TileConfig(t, t, _block_warps(kind, pass_name, t)) for t in TC_BLOCK_TILES[kind]
+        block = tuple(_block_config(dtype, precision, t) for t in TC_BLOCK_TILES[kind]
                       if t >= need and _block_fits(t, need, pass_name, W, dtype, precision, arch))
         tiled = precision if (dtype == "fp32" and precision in ("tf32", "tf32x3")) else kind
         return block or TC_TILED[tiled]
@@ -117,9 +122,15 @@ def candidate_configs(variant: str, pass_name: str, dtype: str, precision: str, 
 def _block_fits(tile: int, need: int, pass_name: str, W: int, dtype: str, precision: str, arch: int) -> bool:
     """Tiles of 64 that pack several planes hold many scalar addresses when W is not a multiple of 8:
     they spill unless the plane needs the tile, or the pass is light enough; fp32 tiles of 64: exact
-    dots on sm_90+ only; TF32 dots in tiles of 16 (the kernel report)."""
+    dots on sm_90+ only. TF32 forms (the kernel report): on sm_90+ any tile but the weight gradient's
+    64 packing planes of 8 or less; before sm_90 (mma.sync, more live registers) only the tile the plane
+    needs, and not 64 for the weight gradient nor for the 3xTF32 forward (they spill)."""
     if dtype == "fp32" and precision in ("tf32", "tf32x3"):
-        return tile == 16  # the TF32 split operands spill in larger tiles
+        if tile == 64 and pass_name == "grad_weight" and (arch < 90 or need < 16):
+            return False
+        if arch >= 90:
+            return True
+        return tile == max(need, 16) and not (tile == 64 and precision == "tf32x3" and pass_name == "forward")
     if tile < 64:
         return True
     if dtype == "fp32":
