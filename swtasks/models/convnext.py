@@ -23,7 +23,6 @@ other convolutions (KernelWarehouse's ConvNeXt, swtasks/models/kernelwarehouse.p
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ from swtasks.checkpoint import CheckpointAdapter
 from swtasks.layers.common import DropPath, LayerNorm
 
 from .four_stage import FourStageNet
-from .registry import check_overrides, register_family, register_model
+from .registry import build_variant, register_family, register_model
 
 __all__ = ["CONVNEXT_ARCHS", "CONVNEXT_ADAPTER", "ConvNeXt", "ConvNeXtBlock"]
 
@@ -214,14 +213,12 @@ CONVNEXT_ARCHS: dict[str, dict[str, Any]] = {
     "s": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
     "b": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
 }
-_ACCEPTED = tuple(p for p in inspect.signature(ConvNeXt.__init__).parameters if p != "self")
 _CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")
 register_family("convnext", CONVNEXT_ADAPTER)
 
 
 def _build(variant: str, **kwargs: Any) -> ConvNeXt:
-    check_overrides(f"convnext_{variant}", kwargs, _ACCEPTED)
-    return ConvNeXt(**{**CONVNEXT_ARCHS[variant], **kwargs})
+    return build_variant(f"convnext_{variant}", ConvNeXt, CONVNEXT_ARCHS[variant], kwargs)
 
 
 @register_model(pretrained_cfg=_CFG)

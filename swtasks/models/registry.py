@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ __all__ = [
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
     "ModelConfigError",
+    "build_variant",
     "check_overrides",
     "checkpoint_adapter",
     "create_model",
@@ -172,6 +174,13 @@ def check_overrides(variant: str, overrides: Mapping[str, Any], allowed: Iterabl
             f"unknown override{'s' if len(unknown) > 1 else ''} for {variant}: {', '.join(parts)}; "
             f"accepted: {', '.join(sorted(allowed))}"
         )
+
+
+def build_variant(name: str, cls: type, arch: Mapping[str, Any], overrides: Mapping[str, Any]):
+    """`cls(**arch, **overrides)` for the registered variant `name`, after checking the overrides against the
+    arguments of `cls.__init__` (ModelConfigError naming the unknown ones). The families' factories use it."""
+    check_overrides(name, overrides, (p for p in inspect.signature(cls.__init__).parameters if p != "self"))
+    return cls(**{**arch, **overrides})
 
 
 def create_model(

@@ -38,7 +38,6 @@ Deploy structure (after `reparameterize()`, or built directly with deploy=True):
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,7 +58,7 @@ from .four_stage import (
     pointwise_tail,
     unireplknet_downsample_layers,
 )
-from .registry import ModelConfigError, check_overrides, register_family, register_model
+from .registry import ModelConfigError, build_variant, register_family, register_model
 from .shiftwise_cpu import block_forward_nchw, use_nchw_path
 from .shiftwise_official import SHIFTWISE_ADAPTER
 
@@ -270,7 +269,6 @@ SHIFTWISE_ARCHS: dict[str, dict[str, Any]] = {
     "large": dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), **_PAPER_SW),
 }
 
-_ACCEPTED = tuple(p for p in inspect.signature(ShiftWiseNet.__init__).parameters if p != "self")
 
 
 def shiftwise_arch(arch: str) -> dict[str, Any]:
@@ -282,8 +280,7 @@ def shiftwise_arch(arch: str) -> dict[str, Any]:
 
 
 def _build(arch: str, /, **kwargs: Any) -> ShiftWiseNet:  # positional: `variant` is an operator switch
-    check_overrides(f"shiftwise_{arch}", kwargs, _ACCEPTED)
-    return ShiftWiseNet(**{**SHIFTWISE_ARCHS[arch], **kwargs})
+    return build_variant(f"shiftwise_{arch}", ShiftWiseNet, SHIFTWISE_ARCHS[arch], kwargs)
 
 
 _CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")

@@ -32,7 +32,6 @@ zeros are the pattern; `masks_from_zero_weights` recovers it).
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,7 +47,7 @@ from swtasks.sparse.unstructured import MASK_SUFFIX, accept_weight_masks
 from .common import as_stage_tuple
 from .convnext import build_convnext_tail, convnext_tail
 from .four_stage import FourStageNet
-from .registry import ModelConfigError, check_overrides, register_family, register_model
+from .registry import ModelConfigError, build_variant, register_family, register_model
 
 __all__ = ["SLAK_ARCHS", "SLaK", "SLaKBlock"]
 
@@ -225,13 +224,11 @@ SLAK_ARCHS: dict[str, dict[str, Any]] = {
     "b": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), **_PUBLISHED),
 }
 
-_ACCEPTED = tuple(p for p in inspect.signature(SLaK.__init__).parameters if p != "self")
 register_family("slak", SLAK_ADAPTER)
 
 
 def _build(variant: str, **kwargs: Any) -> SLaK:
-    check_overrides(f"slak_{variant}", kwargs, _ACCEPTED)
-    return SLaK(**{**SLAK_ARCHS[variant], **kwargs})
+    return build_variant(f"slak_{variant}", SLaK, SLAK_ARCHS[variant], kwargs)
 
 
 _CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")

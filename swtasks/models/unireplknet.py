@@ -37,7 +37,6 @@ with_cp flag inside blocks (see set_grad_checkpointing).
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,7 +55,7 @@ from .four_stage import (
     pointwise_tail,
     unireplknet_downsample_layers,
 )
-from .registry import ModelConfigError, check_overrides, register_family, register_model
+from .registry import ModelConfigError, build_variant, register_family, register_model
 
 __all__ = [
     "UNIREPLKNET_ARCHS",
@@ -297,13 +296,11 @@ UNIREPLKNET_ARCHS: dict[str, dict[str, Any]] = {
     "xl": dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048)),
 }
 
-_ACCEPTED = tuple(p for p in inspect.signature(UniRepLKNet.__init__).parameters if p != "self")
 register_family("unireplknet", UNIREPLKNET_ADAPTER)
 
 
 def _build(variant: str, **kwargs: Any) -> UniRepLKNet:
-    check_overrides(f"unireplknet_{variant}", kwargs, _ACCEPTED)
-    return UniRepLKNet(**{**UNIREPLKNET_ARCHS[variant], **kwargs})
+    return build_variant(f"unireplknet_{variant}", UniRepLKNet, UNIREPLKNET_ARCHS[variant], kwargs)
 
 
 _CFG_1K = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")
