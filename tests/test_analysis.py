@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from test_models import randomize
 
 from swtasks.analysis import erf
 from swtasks.layers import ShiftWiseConv2d
@@ -253,22 +253,6 @@ def test_compare_receptive_field_tool_runs(capsys):
 
 
 # ------------------------------------------------------------------------------------------------ CPU block path
-def _randomize(block: nn.Module, seed: int = 1) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in block.modules():
-            if isinstance(m, _BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.randn(n, generator=g) * 0.5 + 1)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.5)
-        for name, p in block.named_parameters():
-            if name.endswith(("gamma", "beta")):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return block
-
-
 def test_grn_scale_backward_gradcheck():
     from swtasks.models.shiftwise_cpu import _GRNApply, _GRNScale
 
@@ -294,7 +278,7 @@ def test_nchw_block_path_matches_module_path(structure, shape):
     cover both product kernels (1x1 convolution for small maps, per-sample GEMMs for large ones)."""
     C, H, W = shape
     torch.manual_seed(0)
-    ref = _randomize(ShiftWiseBlock(C, 7, drop_path=0.3 if structure == "train" else 0.0, layer_scale_init_value=0.5))
+    ref = randomize(ShiftWiseBlock(C, 7, drop_path=0.3 if structure == "train" else 0.0, layer_scale_init_value=0.5))
     if structure != "train":
         ref.eval()
     if structure == "deploy":

@@ -55,7 +55,7 @@ def randomize(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
                 m.weight.copy_(torch.randn(n, generator=g) * 0.5 + 1)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.5)
         for name, p in model.named_parameters():
-            if name.endswith((".gamma", ".beta")):
+            if name.endswith(("gamma", "beta")):  # also a bare block's own "gamma"
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return model
 
