@@ -67,15 +67,18 @@ class OpOptions:
     deterministic: bool
 
 
+def _tc_takes(dtype: torch.dtype, k: int) -> bool:
+    """The tensor-core kernels' inputs (triton_tc.tc_supported, without importing triton here)."""
+    return dtype_name(dtype) in ("fp32", "bf16", "fp16") and k in (1, 3, 5)
+
+
 def pick_variant(dtype: torch.dtype, k: int, H: int, W: int) -> str:
     """The 'auto' variant for a dtype and shape (see the module docstring)."""
     name = dtype_name(dtype)
     measured = MEASURED.get((name, k, H, W))
     if measured is not None:
         return measured
-    if name in ("fp32", "bf16", "fp16") and k in (1, 3, 5):
-        return "tc"
-    return "direct"
+    return "tc" if _tc_takes(dtype, k) else "direct"
 
 
 def resolve_options(x: torch.Tensor, k: int, backend: str | None = None, variant: str | None = None,
@@ -93,7 +96,7 @@ def resolve_options(x: torch.Tensor, k: int, backend: str | None = None, variant
     H, W = (x.shape[2], x.shape[3]) if x.dim() == 4 else (0, 0)
     if v == "auto":
         v = pick_variant(x.dtype, k, H, W)
-    elif v == "tc" and choice == "triton" and not (dtype_name(x.dtype) in ("fp32", "bf16", "fp16") and k in (1, 3, 5)):
+    elif v == "tc" and choice == "triton" and not _tc_takes(x.dtype, k):
         raise ValueError(
             f"variant='tc' takes fp16/bf16/fp32 inputs and small kernels k in (1, 3, 5); got {x.dtype}, k={k} "
             "(use variant='direct' or 'auto')"
