@@ -172,6 +172,15 @@ def _hsum(acc, src, b0, b1, b2, b3, b4, r_pw, rows, r_ok, c_img, c_off, c_ok, H,
 
 
 @triton.jit
+def _moved(src, a_pw, rows, a_ok, q_img, q_off, cols, q_ok, d: tl.constexpr, H, W, CHW, n_img, VEC: tl.constexpr):
+    """The tile of src at the given rows, columns moved by d inside each image slot (zero outside)."""
+    if d == 0:
+        return _load(src, a_pw, rows, a_ok, q_img, q_off, q_ok, H, W, CHW, n_img, VEC)
+    m = q_ok & (cols + d >= 0) & (cols + d < W)
+    return _load(src, a_pw, rows, a_ok, q_img, q_off + d, m, H, W, CHW, n_img, 1)
+
+
+@triton.jit
 def _vcols(src, r_pw, rows, r_ok, c_img, c_off, cols, c_ok, u, j: tl.constexpr, H, W, CHW, n_img,
            R: tl.constexpr, SIGN: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
            VEC: tl.constexpr, TC_SHIFT: tl.constexpr, x_tile):
@@ -181,9 +190,7 @@ def _vcols(src, r_pw, rows, r_ok, c_img, c_off, cols, c_ok, u, j: tl.constexpr, 
         return x_tile
     if TC_SHIFT:
         return tl.dot(x_tile, u, input_precision=PREC).to(DOT)
-    d = SIGN * (j - R)
-    m = c_ok & (cols + d >= 0) & (cols + d < W)
-    return _load(src, r_pw, rows, r_ok, c_img, c_off + d, m, H, W, CHW, n_img, 1).to(DOT)
+    return _moved(src, r_pw, rows, r_ok, c_img, c_off, cols, c_ok, SIGN * (j - R), H, W, CHW, n_img, VEC).to(DOT)
 
 
 @triton.jit
@@ -263,11 +270,7 @@ def _vchunk(acc, src, wv_ptr, a_pos, a_img, q_img, q_off, cols, q_ok, y0, H, W, 
     d: tl.constexpr = SIGN * (j - R)
     k_img, k_pos = _axis(KC, SH, BLK_H, HOFF, c0)
     band = tl.trans(_band(wv_ptr, k_pos, k_img, a_pos, a_img, j, 1, KS, L, LO, SIGN, BLK_H))
-    if d == 0:
-        t = _load(src, k_img * PW, y0 + k_pos, k_img < PH, q_img, q_off, q_ok, H, W, CHW, n_img, VEC)
-    else:
-        m = q_ok & (cols + d >= 0) & (cols + d < W)
-        t = _load(src, k_img * PW, y0 + k_pos, k_img < PH, q_img, q_off + d, m, H, W, CHW, n_img, 1)
+    t = _moved(src, k_img * PW, y0 + k_pos, k_img < PH, q_img, q_off, cols, q_ok, d, H, W, CHW, n_img, VEC)
     return _mma(band.to(DOT), t.to(DOT), acc, PREC)
 
 
@@ -302,15 +305,6 @@ def _centre(acc, src, ws_ptr, a_pw, rows, a_ok, q_img, q_off, cols, q_ok, H, W, 
                        n_img, VEC)
             acc += tl.load(ws_ptr + (i * KS + u)).to(tl.float32) * t.to(tl.float32)
     return acc
-
-
-@triton.jit
-def _moved(src, a_pw, rows, a_ok, q_img, q_off, cols, q_ok, d: tl.constexpr, H, W, CHW, n_img, VEC: tl.constexpr):
-    """The tile of src at the given rows, columns moved by d inside each image slot (zero outside)."""
-    if d == 0:
-        return _load(src, a_pw, rows, a_ok, q_img, q_off, q_ok, H, W, CHW, n_img, VEC)
-    m = q_ok & (cols + d >= 0) & (cols + d < W)
-    return _load(src, a_pw, rows, a_ok, q_img, q_off + d, m, H, W, CHW, n_img, 1)
 
 
 @triton.jit
@@ -695,20 +689,10 @@ class TileConfig:
 
     @property
     def label(self) -> str:
-        s = f"BH{self.BH},BW{self.BW},w{self.num_warps},s{self.num_stages}"
-        if self.nsplit is not None:
-            s += f",split{self.nsplit}"
-        if self.tc_shift is not None:
-            s += f",tcshift{int(self.tc_shift)}"
-        if self.phased is not None:
-            s += f",phased{int(self.phased)}"
-        if self.kc is not None:
-            s += f",kc{self.kc}"
-        if self.kloop is not None:
-            s += f",kloop{int(self.kloop)}"
-        if self.direct_s is not None:
-            s += f",directs{int(self.direct_s)}"
-        return s
+        tags = (("nsplit", "split"), ("tc_shift", "tcshift"), ("phased", "phased"), ("kc", "kc"),
+                ("kloop", "kloop"), ("direct_s", "directs"))  # the optional fields, when set
+        return f"BH{self.BH},BW{self.BW},w{self.num_warps},s{self.num_stages}" + "".join(
+            f",{tag}{int(v)}" for field, tag in tags if (v := getattr(self, field)) is not None)
 
 
 def tc_supported(k: int, dtype: str) -> bool:
