@@ -254,7 +254,7 @@ def test_compare_receptive_field_tool_runs(capsys):
 
 # ------------------------------------------------------------------------------------------------ CPU block path
 def test_grn_scale_backward_gradcheck():
-    from swtasks.models.shiftwise_cpu import _GRNApply, _GRNScale
+    from swtasks.models.shiftwise_cpu import _GRNApply, _GRNLinear, _GRNScale
 
     g = torch.Generator().manual_seed(0)
     u = torch.randn(2, 5, 3, 4, dtype=torch.double, generator=g).requires_grad_(True)
@@ -265,6 +265,11 @@ def test_grn_scale_backward_gradcheck():
     gx = u.square().sum(dim=(2, 3), keepdim=True).sqrt()
     ref = (gamma * gx / (gx.mean(dim=1, keepdim=True) + 1e-6) + 1) * u
     torch.testing.assert_close(_GRNApply.apply(u, gamma, 1e-6), ref)
+    w = torch.randn(3, 5, dtype=torch.double, generator=g).requires_grad_(True)
+    bias = torch.randn(3, dtype=torch.double, generator=g).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b, c, d: _GRNLinear.apply(a, b, 1e-6, c, d), (u, gamma, w, bias))
+    torch.testing.assert_close(_GRNLinear.apply(u, gamma, 1e-6, w, bias),
+                               torch.einsum("oc,bchw->bohw", w, ref) + bias.view(1, -1, 1, 1))
     z = torch.zeros(1, 5, 3, 4, dtype=torch.double, requires_grad=True)  # zero norms: zero gradient
     _GRNScale.apply(z, gamma.detach(), 1e-6).sum().backward()
     assert z.grad.abs().max() == 0

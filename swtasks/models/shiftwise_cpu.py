@@ -17,7 +17,9 @@ mixes NCHW and NHWC strides. Here everything stays NCHW:
   written; elsewhere the map is scaled and a 1x1 convolution runs (oneDNN is faster there);
 - GELU, then GRN with its norm over the contiguous (H, W) dimensions and a written-out backward (one pass
   over the map for the norm's term, three for norm + scale, instead of autograd's six or seven); GRN's beta
-  goes into the second product's bias (W beta), as the deploy fold does;
+  goes into the second product's bias (W beta), as the deploy fold does; where the GRN scale lives in the
+  per-sample weights, GRN and the product are one autograd Function, so the map's gradient is one tensor
+  (autograd would write GRN's term as a second map and add the two);
 - the BatchNorm after the second product takes the layer scale into its affine (the same batch statistics
   and running statistics), and the residual add is NCHW + NCHW; without autograd, fresh intermediates are
   overwritten in place.
@@ -111,6 +113,46 @@ class _GRNApply(torch.autograd.Function):
         return (*_grn_backward(ctx, saved, ds, du_direct), None)
 
 
+class _GRNLinear(torch.autograd.Function):
+    """Linear(weight, bias) over the channels of GRN(u) without beta, NCHW in and out, one GEMM per sample
+    with GRN's scale s in the per-sample weight: out_b = (W * s_b) @ u_b + bias (the large-map case of
+    `_pointwise`). The same function as `_pointwise(u, W, bias, _grn_scale(u, grn))`; the backward is written
+    out so that the map's gradient is one tensor: dL/du = (W s_b)^T g_b, then u * (dL/dgx / gx) is added into
+    it in place (autograd's version writes the GRN term as a new map and adds the two maps, two more passes
+    over the largest tensor of a stage-1 block, each a fresh allocation)."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, gamma: torch.Tensor, eps: float, weight: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        gx, m, nx, s = _grn_forward(u, gamma, eps)
+        b, cin, h, w = u.shape
+        cout = weight.shape[0]
+        wb = weight.to(u.dtype).unsqueeze(0) * s.view(b, 1, cin).to(u.dtype)
+        ub = u.reshape(b, cin, h * w)
+        out = torch.bmm(wb, ub) if bias is None else torch.baddbmm(bias.to(u.dtype).view(1, cout, 1), wb, ub)
+        ctx.save_for_backward(u, gx, m, nx, gamma, weight, s, wb)
+        ctx.has_bias = bias is not None
+        return out.view(b, cout, h, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        saved = ctx.saved_tensors
+        u, weight, s, wb = saved[0], saved[5], saved[6], saved[7]
+        b, cin, h, w = u.shape
+        g3 = g.reshape(b, -1, h * w)
+        need_u, need_gamma, _, need_w, need_bias = ctx.needs_input_grad
+        dwb = torch.bmm(g3, u.reshape(b, cin, h * w).transpose(1, 2)) if (need_u or need_gamma or need_w) else None
+        dweight = (dwb * s.view(b, 1, cin).to(dwb.dtype)).sum(0).to(weight.dtype) if need_w else None
+        dbias = g3.sum(dim=(0, 2)) if need_bias and ctx.has_bias else None
+        du = dgamma = None
+        if need_u or need_gamma:
+            ds = (dwb * weight.to(dwb.dtype).unsqueeze(0)).sum(1).view(b, cin, 1, 1)
+            du_direct = torch.bmm(wb.transpose(1, 2), g3).view(b, cin, h, w) if need_u else None
+            du, dgamma = _grn_backward(ctx, saved, ds, du_direct)
+        return du, dgamma, None, dweight, dbias
+
+
 def _grn_scale(u: torch.Tensor, grn) -> torch.Tensor:
     """GRN's per-(sample, channel) factor gamma * Nx + 1 for an NCHW tensor u, shape (B, C4, 1, 1)."""
     return _GRNScale.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps)
@@ -191,7 +233,7 @@ def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
         wb = lin2.weight @ grn.beta.reshape(-1).to(lin2.weight.dtype)
         bias = wb if bias is None else bias + wb
     if _per_sample_gemm(u, lin2.weight):  # GRN scale folded into per-sample weights, then Linear 4C -> C
-        out = _pointwise(u, lin2.weight, bias, _grn_scale(u, grn))
+        out = _GRNLinear.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps, lin2.weight, bias)
     else:  # GRN applied to the map (in place without autograd), then the 1x1 convolution
         if inplace:
             u = u.mul_(_grn_scale(u, grn))
