@@ -173,8 +173,8 @@ def build_cross_kernels(
       w_h[c][:, i*k:(i+1)*k] = sum_{g, j: slot_h[g, c*nk+j] = i} W[c*nk+j]
       w_v[c][i*k:(i+1)*k, :] = sum_{g, j: slot_v[g, c*nk+j] = i} W[c*nk+j]
       w_s[c]                 = sum_g W[ident[g, c]]
-    Built with gathers by (per-group bijective) index, summed over groups in a fixed order, so
-    autograd returns dW, and forward and backward are deterministic on every device.
+    Built with one gather by (per-group bijective) index and a sum over groups, so autograd returns dW
+    (one scatter-add), and forward and backward are deterministic on every device.
     """
     if weight_sum.dim() != 3 or weight_sum.shape[1] != weight_sum.shape[2]:
         raise ValueError(f"weight_sum must have shape (R*nk, k, k), got {tuple(weight_sum.shape)}")
@@ -191,20 +191,11 @@ def build_cross_kernels(
     src_h = _slot_sources(slot_h.to(weight_sum.device), n_small)
     src_v = _slot_sources(slot_v.to(weight_sum.device), n_small)
     ident = ident.to(weight_sum.device)
-    acc_h = acc_v = w_s = None
-    for g in range(src_h.shape[0]):
-        t = weight_sum.index_select(0, src_h[g])
-        acc_h = t if acc_h is None else acc_h + t
-    for g in range(src_v.shape[0]):
-        t = weight_sum.index_select(0, src_v[g])
-        acc_v = t if acc_v is None else acc_v + t
-    for g in range(ident.shape[0]):
-        t = weight_sum.index_select(0, ident[g])
-        w_s = t if w_s is None else w_s + t
-    zeros_rn = weight_sum.new_zeros(RN, k, k)
-    acc_h = zeros_rn if acc_h is None else acc_h
-    acc_v = zeros_rn if acc_v is None else acc_v
-    w_s = weight_sum.new_zeros(R, k, k) if w_s is None else w_s
+    # one gather for every group of the three branches (one scatter in the backward), then a sum over groups
+    taken = weight_sum.index_select(0, torch.cat([src_h.reshape(-1), src_v.reshape(-1), ident.reshape(-1)]))
+    tables = (src_h, src_v, ident)
+    acc_h, acc_v, w_s = (part.view(*t.shape, k, k).sum(0)
+                         for part, t in zip(taken.split([t.numel() for t in tables]), tables))
     # acc[c*nk + i] is the k x k block at slot i of channel c.
     w_h = acc_h.view(R, n_small, k, k).permute(0, 2, 1, 3).reshape(R, k, n_small * k)
     w_v = acc_v.reshape(R, n_small * k, k)
