@@ -308,3 +308,47 @@ def test_nchw_block_path_matches_module_path(structure, shape):
     if structure != "train":
         with torch.no_grad():  # without autograd the path overwrites its own intermediates in place
             torch.testing.assert_close(block_forward_nchw(new, x), a.detach(), rtol=1e-5, atol=1e-5)
+
+
+class _Pair(nn.Module):
+    def __init__(self, lk: ShiftWiseConv2d):
+        super().__init__()
+        self.lk, self.norm = lk, nn.BatchNorm2d(lk.channels)
+
+
+@pytest.mark.parametrize(
+    "C, K, ghost, H, W, mode",
+    [(12, 7, 0.23, 9, 6, "train"),  # a strip longer than one side: explicit padding there
+     (8, 5, 0.0, 6, 7, "train"),  # no ghost channels: no index ops
+     (10, 13, 0.3, 4, 5, "train"),  # both strips longer than the image, off-centre crop
+     (12, 7, 0.23, 9, 6, "eval"),  # running statistics, gradients still on
+     (12, 7, 0.23, 9, 6, "mask")],  # a sparse-training kernel mask
+)
+def test_fused_operator_norm_matches_modules(C, K, ghost, H, W, mode):
+    """The CPU path's _OperatorNorm against its oracle, `norm(lk(x))` through the modules and autograd (float64):
+    output, input and parameter gradients and BatchNorm buffers; and a gradcheck of the fused Function."""
+    from swtasks.models.shiftwise_cpu import _operator_norm
+
+    torch.manual_seed(0)
+    ref = randomize(_Pair(ShiftWiseConv2d(C, K, ghost_ratio=ghost))).double()
+    if mode == "eval":
+        ref.eval()
+    if mode == "mask":
+        ref.lk.set_kernel_mask((torch.rand(ref.lk.weight.shape[:2]) > 0.4).double())
+    new = copy.deepcopy(ref)
+    x = torch.randn(3, C, H, W, dtype=torch.double)
+    xr, xn = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    a = ref.norm(ref.lk(xr))
+    b = _operator_norm(new.lk, new.norm, xn)
+    torch.testing.assert_close(b, a)
+    g = torch.randn_like(a)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(xn.grad, xr.grad)
+    for (name, p), q in zip(ref.named_parameters(), new.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for (name, s), t in zip(ref.named_buffers(), new.buffers()):
+        torch.testing.assert_close(t, s, msg=name)
+    # finite differences of the fused Function itself (fast mode: random directions), every input at once
+    inputs = (xn.detach().requires_grad_(True), *new.parameters())
+    assert torch.autograd.gradcheck(lambda x_, *_: _operator_norm(new.lk, new.norm, x_), inputs, fast_mode=True)

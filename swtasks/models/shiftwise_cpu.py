@@ -8,8 +8,11 @@ the outer (H, W) dimensions of an NHWC tensor (PyTorch's CPU norm kernel is ~10x
 contiguous inner dimension) and its autograd backward makes several passes over the map; the residual add
 mixes NCHW and NHWC strides. Here everything stays NCHW:
 
-- the operator and the BatchNorm after it run as the modules do (the strip convolutions prefer NCHW on CPU,
-  and their backward is much slower channels-last);
+- the operator stays NCHW (the strip convolutions prefer it on CPU, and their backward is much slower
+  channels-last); in the training structure the operator and the BatchNorm after it are one autograd
+  Function (`_OperatorNorm`: the same convolution and BatchNorm kernels, a written-out backward without
+  index ops for the identity and ghost channels, sums in place), and the operator's kernels are gathered
+  from the small kernels in one index_select (`build_cross_kernels`);
 - SE's two 1x1 convolutions on the pooled vector run as Linears (oneDNN spends milliseconds setting up a
   convolution on a 1x1 map);
 - each pointwise Linear is one GEMM per sample, (W * scale_b) @ x_b, where the map is large (stages 1-2 at
@@ -28,16 +31,22 @@ Every result equals the module path up to float rounding (tests/test_analysis.py
 parameter gradients and BatchNorm statistics against `x + ShiftWiseBlock.residual(x)` for the training,
 eval and deploy structures, and gradchecks the GRN functions). The module path stays the reference and runs
 on other devices (the GPU has its own fused operator; this path is unmeasured there). Forward hooks on the
-block's submodules after the operator (se, pwconv1, act, pwconv2) do not fire on this path. Imports torch.
+block's submodules after the operator (se, pwconv1, act, pwconv2), and in the training structure on the
+operator and its BatchNorms, do not fire on this path. Imports torch.
 """
 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from swtasks.ops.cross_torch import strip_convs, strip_input, strip_output
+from swtasks.ops.options import resolve_options
 
 __all__ = ["block_forward_nchw", "use_nchw_path"]
 
@@ -158,19 +167,122 @@ def _grn_scale(u: torch.Tensor, grn) -> torch.Tensor:
     return _GRNScale.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps)
 
 
-def _batch_norm_scaled(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """scale * bn(x) as one F.batch_norm call (the scale multiplies the affine weight and bias); running
-    statistics and num_batches_tracked are updated exactly as nn.BatchNorm2d.forward does."""
+def _bn_call(bn: nn.BatchNorm2d) -> tuple:
+    """(running_mean, running_var, use_batch_stats, momentum factor) of one BatchNorm call, with
+    num_batches_tracked advanced, exactly as nn.BatchNorm2d.forward does it."""
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     keep = not bn.training or bn.track_running_stats
+    return bn.running_mean if keep else None, bn.running_var if keep else None, use_batch_stats, factor
+
+
+def _batch_norm_scaled(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """scale * bn(x) as one F.batch_norm call (the scale multiplies the affine weight and bias); running
+    statistics and num_batches_tracked are updated exactly as nn.BatchNorm2d.forward does."""
+    mean, var, use_batch_stats, factor = _bn_call(bn)
     weight = scale if bn.weight is None else bn.weight * scale
     bias = None if bn.bias is None else bn.bias * scale
-    return F.batch_norm(x, bn.running_mean if keep else None, bn.running_var if keep else None, weight, bias,
-                        use_batch_stats, factor, bn.eps)
+    return F.batch_norm(x, mean, var, weight, bias, use_batch_stats, factor, bn.eps)
+
+
+class _BNCall(NamedTuple):
+    """One BatchNorm application inside _OperatorNorm: its running statistics (None when not kept), whether
+    it normalises with batch statistics, and eps."""
+
+    mean: torch.Tensor | None
+    var: torch.Tensor | None
+    train: bool
+    eps: float
+
+
+def _bn_forward(bn: nn.BatchNorm2d, x: torch.Tensor) -> tuple[torch.Tensor, _BNCall, torch.Tensor, torch.Tensor]:
+    mean, var, train, factor = _bn_call(bn)
+    y, save_mean, save_invstd = torch.ops.aten.native_batch_norm(x, bn.weight, bn.bias, mean, var, train, factor,
+                                                                  bn.eps)
+    return y, _BNCall(mean, var, train, bn.eps), save_mean, save_invstd
+
+
+def _bn_backward(g, x, weight, call: _BNCall, save_mean, save_invstd, need_affine: tuple[bool, bool]):
+    return torch.ops.aten.native_batch_norm_backward(g, x, weight, call.mean, call.var, save_mean, save_invstd,
+                                                     call.train, call.eps, [True, *need_affine])
+
+
+class _OperatorNorm(torch.autograd.Function):
+    """The training-structure operator and the block's BatchNorm after it, as one autograd Function:
+
+        y = norm(x with its rep channels replaced by bn_h(O_h) + bn_v(O_v) + bn_s(O_s) + x_r)
+
+    with O_h, O_v, O_s the strip and centre convolutions of x_r = x[:, rep] (`swtasks.ops.cross_torch`'s
+    plan, inputs: the three convolution weights as that plan builds them). The same function as
+    `block.norm(block.large_kernel(x))`; the backward is written out with the operators autograd would
+    call (BatchNorm and convolution backward) but without its bookkeeping: the map gradient is one tensor
+    (the identity's and the ghost channels' share need no index ops: dL/dx = dL/d(norm input), then the
+    three convolutions' input gradients are added into its rep channels in place), the transposed strip's
+    BatchNorm runs on the convolution's own layout (statistics per channel do not depend on it), and the
+    sums are in place. Forward hooks on the operator and the norm do not fire on this path."""
+
+    @staticmethod
+    def forward(ctx, x, wh4, wv4, ws4, bh_w, bh_b, bv_w, bv_b, bs_w, bs_b, n_w, n_b, spec):
+        rep, plans, bns, norm = spec
+        R = wh4.shape[0]
+        x_r = x if rep is None else x.index_select(1, rep)
+        ins, outs = [], []
+        for w4, plan in zip((wh4, wv4), plans):
+            xi = strip_input(x_r, plan).contiguous()  # what the convolution would copy; kept for the backward
+            ins.append(xi)
+            outs.append(F.conv2d(xi, w4, padding=plan.padding, groups=R))
+        r = ws4.shape[-1] // 2
+        ins.append(x_r)
+        outs.append(F.conv2d(x_r, ws4, padding=r, groups=R))
+        normed, calls, stats = [], [], []
+        for o, bn in zip(outs, bns):
+            y, call, *st = _bn_forward(bn, o)
+            normed.append(y)
+            calls.append(call)
+            stats += st
+        z = normed[2]  # fresh: summed into in place
+        z.add_(strip_output(normed[0], plans[0])).add_(strip_output(normed[1], plans[1])).add_(x_r)
+        out = z if rep is None else x.index_copy(1, rep, z)
+        y, call, *st = _bn_forward(norm, out)
+        ctx.spec = (rep, plans, (*calls, call), R)
+        ctx.save_for_backward(*ins, *outs, out, wh4, wv4, ws4, bh_w, bv_w, bs_w, n_w, *stats, *st)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        rep, plans, calls, R = ctx.spec
+        saved = ctx.saved_tensors
+        ins, outs, out = saved[0:3], saved[3:6], saved[6]
+        w4s, bn_ws, n_w = saved[7:10], saved[10:13], saved[13]
+        stats = saved[14:20]
+        need = ctx.needs_input_grad
+        gout, gnw, gnb = _bn_backward(g.contiguous(), out, n_w, calls[3], *saved[20:22], need[10:12])
+        g_z = gout if rep is None else gout.index_select(1, rep)
+        grads, acc = [None] * 9, None
+        for i in (2, 1, 0):  # the centre first: its input gradient is contiguous, the accumulator
+            plan = plans[i] if i < 2 else None
+            g_o = g_z if plan is None or not plan.transpose else g_z.transpose(2, 3)
+            go, grads[3 + 2 * i], grads[4 + 2 * i] = _bn_backward(g_o, outs[i], bn_ws[i], calls[i],
+                                                                  *stats[2 * i:2 * i + 2], need[4 + 2 * i:6 + 2 * i])
+            padding = [w4s[2].shape[-1] // 2] * 2 if plan is None else list(plan.padding)
+            gin, grads[i], _ = torch.ops.aten.convolution_backward(
+                go, ins[i], w4s[i], None, [1, 1], padding, [1, 1], False, [0, 0], R, [need[0], need[1 + i], False])
+            if not need[0]:
+                continue
+            if plan is not None:
+                if plan.pad is not None:
+                    left, right, top, bottom = plan.pad
+                    gin = gin[..., top:gin.shape[-2] - bottom, left:gin.shape[-1] - right]
+                gin = strip_output(gin, plan)
+            acc = gin if acc is None else acc.add_(gin)
+        gx = None
+        if need[0]:
+            gx = gout.add_(acc) if rep is None else gout.index_add_(1, rep, acc)
+        return (gx, *grads, gnw, gnb, None)
 
 
 def _per_sample_gemm(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -208,22 +320,50 @@ def _squeeze_excite(se, y: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(F.linear(s, u.weight.flatten(1), u.bias)).view(*s.shape[:1], -1, 1, 1)
 
 
+def _fused_operator(block, x: torch.Tensor) -> bool:
+    """Whether the operator and the norm after it run as _OperatorNorm: the training structure with plain
+    BatchNorms, the operator on its PyTorch path (not Triton under the interpreter), no CPU autocast."""
+    lk = block.large_kernel
+    if block.deploy or lk.deploy or torch.is_autocast_enabled("cpu"):
+        return False
+    if not all(type(bn) is nn.BatchNorm2d for bn in (lk.bn_h, lk.bn_v, lk.bn_s, block.norm)):
+        return False
+    opts = resolve_options(x, lk.small_kernel, lk.backend, lk.variant, lk.dot_precision, lk.deterministic)
+    return opts.backend == "torch"
+
+
+def _operator_norm(lk, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """norm(lk(x)) through _OperatorNorm (the operator's weights are built here, differentiably)."""
+    lk._check_input(x)
+    w_h, w_v, w_s = lk.cross_kernels()
+    plans = strip_convs(x, w_h, w_v, lk.kernel_size, needs_grad=torch.is_grad_enabled())
+    rep = None if lk.ghost_channels == 0 else lk.rep_idx
+    spec = (rep, tuple(p._replace(weight=None) for p in plans), (lk.bn_h, lk.bn_v, lk.bn_s), norm)
+    bh, bv, bs = lk.bn_h, lk.bn_v, lk.bn_s
+    return _OperatorNorm.apply(x, plans[0].weight, plans[1].weight, w_s.to(x.dtype).unsqueeze(1), bh.weight,
+                               bh.bias, bv.weight, bv.bias, bs.weight, bs.bias, norm.weight, norm.bias, spec)
+
+
 def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
     """`x + block.residual(x)` for an NCHW input, computed NCHW throughout (see the module docstring). A
     channels-last input is made contiguous once (the block's output, and so the next block's input, is NCHW)."""
     x = x.contiguous()
     lk = block.large_kernel
     inplace = not torch.is_grad_enabled()  # no autograd graph: overwrite fresh intermediates
-    y = lk(x)  # a fresh tensor (the operator writes its rep channels into a copy of x)
-    if not block.deploy:
-        y = block.norm(y)
+    if _fused_operator(block, x):
+        y = _operator_norm(lk, block.norm, x)
+    elif not block.deploy:
+        y = block.norm(lk(x))
     elif inplace and not isinstance(block.norm, nn.Identity):  # GhostChannelAffine, into y's own ghost channels
+        y = lk(x)  # a fresh tensor (the operator writes its rep channels into a copy of x)
         idx, aff = lk.ghost_idx, block.norm
         ghost = torch.addcmul(aff.bias.to(y.dtype).view(1, -1, 1, 1), y.index_select(1, idx),
                               aff.weight.to(y.dtype).view(1, -1, 1, 1))
         y = y.index_copy_(1, idx, ghost)
     elif not isinstance(block.norm, nn.Identity):
-        y = block.norm(y, lk.ghost_idx)
+        y = block.norm(lk(x), lk.ghost_idx)
+    else:
+        y = lk(x)
     lin1, lin2, grn = block.pwconv1[1], block.pwconv2[0], block.act[1]
     u = _pointwise(y, lin1.weight, lin1.bias, _squeeze_excite(block.se, y))  # SE scale, then Linear C -> 4C
     gelu = block.act[0]

@@ -7,10 +7,12 @@ dispatcher (cross_conv.py) both build on it without importing each other.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_cross_args", "cross_conv_torch"]
+__all__ = ["StripConv", "check_cross_args", "cross_conv_torch", "strip_convs", "strip_input", "strip_output"]
 
 
 def check_cross_args(x, w_h, w_v, w_s, big_kernel: int) -> tuple[int, int]:
@@ -37,67 +39,73 @@ def check_cross_args(x, w_h, w_v, w_s, big_kernel: int) -> tuple[int, int]:
     return k, L
 
 
-def _strip(x, w, half: int, r: int, *, along_w: bool, transpose: bool, explicit_pad: bool):
-    """Depthwise convolution of x with a centred strip w laid out tall, (C, 2*half+1, k).
+class StripConv(NamedTuple):
+    """One strip branch as a depthwise convolution: ``F.conv2d(strip_input(x, s), s.weight, padding=s.padding,
+    groups=C)``, then ``strip_output`` (the result transposed back when ``transpose``)."""
 
-    along_w=False: vertical strip (taps (u, j) at (u - half, j - r)); along_w=True: the horizontal
-    strip whose tap (i, u) is w[c, u, i], at (i - r, u - half). transpose: run the horizontal strip as a
-    vertical one on x^T (PyTorch's CPU depthwise convolution is fast for tall kernels and very slow for
-    wide ones). explicit_pad: zero-pad the input instead of asking the convolution to pad (on CPU the
-    weight gradient of a padded convolution is slow when the kernel is longer than the image).
-    """
-    C = x.shape[1]
-    if along_w and not transpose:
-        w4 = w.transpose(1, 2).unsqueeze(1)  # (C, 1, k, 2*half+1)
-        if explicit_pad:
-            return F.conv2d(F.pad(x, (half, half, r, r)), w4, groups=C)
-        return F.conv2d(x, w4, padding=(r, half), groups=C)
-    xi = x.transpose(2, 3) if along_w else x
-    w4 = w.unsqueeze(1)  # (C, 1, 2*half+1, k)
-    if explicit_pad:
-        out = F.conv2d(F.pad(xi, (r, r, half, half)), w4, groups=C)
-    else:
-        out = F.conv2d(xi, w4, padding=(half, r), groups=C)
-    return out.transpose(2, 3) if along_w else out
+    weight: torch.Tensor  # (C, 1, kh, kw), a differentiable function of w_h or w_v
+    transpose: bool  # the horizontal strip run as a vertical one on x^T
+    pad: tuple[int, int, int, int] | None  # explicit zero padding of the (transposed) input, F.pad order
+    padding: tuple[int, int]  # the convolution's own padding
 
 
-def cross_conv_torch(x, w_h, w_v, w_s=None, *, big_kernel: int, reduce: bool = False):
-    """Pure PyTorch path: three depthwise strip convolutions (no nk-times intermediate).
+def strip_convs(x, w_h, w_v, big_kernel: int, *, needs_grad: bool) -> tuple[StripConv, StripConv]:
+    """The two strip branches of `cross_conv_torch` (horizontal, vertical) for input x, as convolutions.
 
-    Plain differentiable PyTorch (ordinary autograd, any device, torch.compile-able). Each strip is
-    first centred (zero taps added on its short side) and cropped to the image extent (taps further
-    than H-1 or W-1 from the centre never touch the image). On CPU the horizontal strip runs as a
-    vertical one on the transposed image and, when gradients are needed and the strip is longer than
-    the image, the input is padded explicitly: both avoid slow oneDNN cases (see benchmarks/RESULTS.md).
-    Outputs may be non-contiguous views (the horizontal branch on CPU is a transposed result).
-    """
-    k, L = check_cross_args(x, w_h, w_v, w_s, big_kernel)
+    Each strip is first centred (zero taps added on its short side) and cropped to the image extent (taps
+    further than H-1 or W-1 from the centre never touch the image). On CPU the horizontal strip runs as a
+    vertical one on the transposed image (PyTorch's CPU depthwise convolution is fast for tall kernels and
+    very slow for wide ones) and, when gradients are needed and the strip is longer than the image, the
+    input is zero-padded explicitly (the weight gradient of a padded convolution is slow on CPU when the
+    kernel is longer than the image); see benchmarks/RESULTS.md."""
+    k, L = w_h.shape[1], w_h.shape[2]
     H, W = x.shape[2], x.shape[3]
     lo = big_kernel // 2  # taps before the centre along the strip
     hi = L - 1 - lo  # taps after it (hi >= lo)
     r = k // 2
     cpu = x.device.type == "cpu"
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, w_h, w_v, w_s)
-    )
-    outs = []
+    plans = []
     for w, extent, along_w in ((w_h.to(x.dtype).transpose(1, 2), W, True), (w_v.to(x.dtype), H, False)):
         half = max(min(hi, extent - 1), 0)  # half-length of the centred, cropped strip
         keep_lo = min(lo, half)
-        w = w[:, lo - keep_lo : lo + half + 1]
+        w = w[:, lo - keep_lo : lo + half + 1]  # (C, taps, k), tall
         if half > keep_lo:
             w = F.pad(w, (0, 0, half - keep_lo, 0))
-        outs.append(
-            _strip(
-                x,
-                w,
-                half,
-                r,
-                along_w=along_w,
-                transpose=cpu and along_w,
-                explicit_pad=cpu and needs_grad and 2 * half + 1 > extent,
-            )
-        )
+        explicit = cpu and needs_grad and 2 * half + 1 > extent
+        if along_w and not cpu:  # wide kernel on the image itself
+            plans.append(StripConv(w.transpose(1, 2).unsqueeze(1), False, (half, half, r, r) if explicit else None,
+                                   (0, 0) if explicit else (r, half)))
+        else:
+            plans.append(StripConv(w.unsqueeze(1), along_w, (r, r, half, half) if explicit else None,
+                                   (0, 0) if explicit else (half, r)))
+    return plans[0], plans[1]
+
+
+def strip_input(x, s: StripConv):
+    """The convolution input of strip `s`: x, transposed and/or zero-padded as the plan says."""
+    xi = x.transpose(2, 3) if s.transpose else x
+    return xi if s.pad is None else F.pad(xi, s.pad)
+
+
+def strip_output(out, s: StripConv):
+    """The strip's result in x's (H, W) orientation (a transposed view for a transposed strip)."""
+    return out.transpose(2, 3) if s.transpose else out
+
+
+def cross_conv_torch(x, w_h, w_v, w_s=None, *, big_kernel: int, reduce: bool = False):
+    """Pure PyTorch path: three depthwise strip convolutions (no nk-times intermediate).
+
+    Plain differentiable PyTorch (ordinary autograd, any device, torch.compile-able); the strips run as
+    `strip_convs` plans them (centred, cropped to the image, transposed / padded on CPU). Outputs may be
+    non-contiguous views (the horizontal branch on CPU is a transposed result).
+    """
+    k, _ = check_cross_args(x, w_h, w_v, w_s, big_kernel)
+    r = k // 2
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w_h, w_v, w_s)
+    )
+    outs = [strip_output(F.conv2d(strip_input(x, s), s.weight, padding=s.padding, groups=x.shape[1]), s)
+            for s in strip_convs(x, w_h, w_v, big_kernel, needs_grad=needs_grad)]
     out_h, out_v = outs
     out_s = None if w_s is None else F.conv2d(x, w_s.to(x.dtype).unsqueeze(1), padding=r, groups=x.shape[1])
     if reduce:
