@@ -4,7 +4,7 @@ What is measured, per model and structure (`train`: as created; `deploy`: `creat
 the re-parameterised inference structure):
 
 - `inference`: eval mode, `torch.inference_mode`, a batch of `batch_size` images -> images/s;
-- `train_step`: train mode, forward + cross-entropy on random labels + backward + AdamW step (+ zero_grad),
+- `train_step`: train mode, forward + cross-entropy on random labels + backward + fused AdamW step (+ zero_grad, as the trainer),
   for the training structure only (a deploy structure is not trained) -> images/s;
 - `latency`: eval mode, batch 1 -> images/s = 1 / latency (the table also shows milliseconds).
 
@@ -259,7 +259,7 @@ def _make_runs(model: nn.Module, mode: str, batch: int, image_size: int, device:
 
         return run, lambda: _tensor_bytes([*model.parameters(), *model.buffers(), x])
     target = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05, fused=True)  # as tools/train_cls.py
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
 
     def run():
