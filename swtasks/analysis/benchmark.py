@@ -4,8 +4,9 @@ What is measured, per model and structure (`train`: as created; `deploy`: `creat
 the re-parameterised inference structure):
 
 - `inference`: eval mode, `torch.inference_mode`, a batch of `batch_size` images -> images/s;
-- `train_step`: train mode, forward + cross-entropy on random labels + backward + fused AdamW step (+ zero_grad, as the trainer),
-  for the training structure only (a deploy structure is not trained) -> images/s;
+- `train_step`: train mode, forward + cross-entropy on random labels + backward + fused AdamW step (+ zero_grad),
+  as the classification trainer runs it, for the training structure only (a deploy structure is not trained)
+  -> images/s;
 - `latency`: eval mode, batch 1 -> images/s = 1 / latency (the table also shows milliseconds).
 
 How (docs/analysis.md, "Benchmark"): every case is built first; then, mode by mode, the mode's cases are
