@@ -374,8 +374,8 @@ class ClassificationModule(L.LightningModule):
         for g in groups:
             for key in ("names", "group_name", "layer_id"):
                 g.pop(key)
-        # fused: one kernel over all tensors (CPU and CUDA; SW-T's 591 parameter tensors step in 65 instead of
-        # 145 ms on 2 CPU threads); the per-tensor loop elsewhere
+        # fused: one kernel over all tensors (CPU and CUDA; SW-T's 591 parameter tensors step in 48 instead of
+        # 123 ms on 2 CPU threads, benchmarks/RESULTS.md); the per-tensor loop elsewhere
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
         opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), eps=hp.eps, fused=fused or None)
         per_epoch = self._steps_per_epoch(total_steps)
