@@ -352,18 +352,17 @@ def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
     inplace = not torch.is_grad_enabled()  # no autograd graph: overwrite fresh intermediates
     if _fused_operator(block, x):
         y = _operator_norm(lk, block.norm, x)
-    elif not block.deploy:
-        y = block.norm(lk(x))
-    elif inplace and not isinstance(block.norm, nn.Identity):  # GhostChannelAffine, into y's own ghost channels
-        y = lk(x)  # a fresh tensor (the operator writes its rep channels into a copy of x)
-        idx, aff = lk.ghost_idx, block.norm
-        ghost = torch.addcmul(aff.bias.to(y.dtype).view(1, -1, 1, 1), y.index_select(1, idx),
-                              aff.weight.to(y.dtype).view(1, -1, 1, 1))
-        y = y.index_copy_(1, idx, ghost)
-    elif not isinstance(block.norm, nn.Identity):
-        y = block.norm(lk(x), lk.ghost_idx)
     else:
-        y = lk(x)
+        y = lk(x)  # a fresh tensor (the operator writes its rep channels into a copy of x)
+        if not block.deploy:
+            y = block.norm(y)
+        elif inplace and not isinstance(block.norm, nn.Identity):  # GhostChannelAffine, into y's ghost channels
+            idx, aff = lk.ghost_idx, block.norm
+            ghost = torch.addcmul(aff.bias.to(y.dtype).view(1, -1, 1, 1), y.index_select(1, idx),
+                                  aff.weight.to(y.dtype).view(1, -1, 1, 1))
+            y = y.index_copy_(1, idx, ghost)
+        elif not isinstance(block.norm, nn.Identity):
+            y = block.norm(y, lk.ghost_idx)
     lin1, lin2, grn = block.pwconv1[1], block.pwconv2[0], block.act[1]
     u = _pointwise(y, lin1.weight, lin1.bias, _squeeze_excite(block.se, y))  # SE scale, then Linear C -> 4C
     gelu = block.act[0]

@@ -71,13 +71,12 @@ def strip_convs(x, w_h, w_v, big_kernel: int, *, needs_grad: bool) -> tuple[Stri
         w = w[:, lo - keep_lo : lo + half + 1]  # (C, taps, k), tall
         if half > keep_lo:
             w = F.pad(w, (0, 0, half - keep_lo, 0))
-        explicit = cpu and needs_grad and 2 * half + 1 > extent
         if along_w and not cpu:  # wide kernel on the image itself
-            plans.append(StripConv(w.transpose(1, 2).unsqueeze(1), False, (half, half, r, r) if explicit else None,
-                                   (0, 0) if explicit else (r, half)))
-        else:
-            plans.append(StripConv(w.unsqueeze(1), along_w, (r, r, half, half) if explicit else None,
-                                   (0, 0) if explicit else (half, r)))
+            plans.append(StripConv(w.transpose(1, 2).unsqueeze(1), False, None, (r, half)))
+            continue
+        explicit = cpu and needs_grad and 2 * half + 1 > extent
+        plans.append(StripConv(w.unsqueeze(1), along_w, (r, r, half, half) if explicit else None,
+                               (0, 0) if explicit else (half, r)))
     return plans[0], plans[1]
 
 
