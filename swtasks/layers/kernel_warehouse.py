@@ -77,6 +77,11 @@ def _ntuple(value, n: int, name: str) -> tuple[int, ...]:
     return value
 
 
+def is_per_warehouse(value) -> bool:
+    """Whether a setting holds one value per warehouse (a sequence of several) rather than one for all."""
+    return not isinstance(value, (str, bytes)) and isinstance(value, Sequence) and len(value) > 1
+
+
 def _per_warehouse(value, n: int, name: str) -> list:
     """A setting given once for every warehouse, or one value per warehouse (published `parse`)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):

@@ -54,6 +54,7 @@ from ..ops.shiftwise import (
     rep_channel_count,
     shiftwise_tables,
 )
+from .common import bn_scale_shift
 
 __all__ = ["ShiftWiseConv2d"]
 
@@ -289,12 +290,7 @@ class ShiftWiseConv2d(nn.Module):
     def _bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         if bn.running_mean is None or bn.running_var is None:
             raise RuntimeError(f"reparameterize: {bn} has no running statistics to fold")
-        var = bn.running_var.detach().double()
-        mean = bn.running_mean.detach().double()
-        gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
-        beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
-        scale = gamma / torch.sqrt(var + bn.eps)
-        return scale, beta - scale * mean
+        return bn_scale_shift(bn)  # float64
 
     @torch.no_grad()
     def reparameterize(self) -> None:

@@ -13,7 +13,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .registry import ModelConfigError
 
-__all__ = ["FeatureInfo", "as_stage_tuple", "check_image_input", "checkpoint_block"]
+__all__ = ["FeatureInfo", "as_stage_tuple", "check_classifier_reset", "check_head_args", "check_image_input",
+           "checkpoint_block", "sync_num_classes"]
 
 
 class FeatureInfo(list):
@@ -92,3 +93,33 @@ def check_image_input(x: torch.Tensor, in_chans: int, total_stride: int) -> None
             f"input of shape {tuple(x.shape)} is smaller than the network's total stride "
             f"{total_stride}: H and W must be >= {total_stride}"
         )
+
+
+def check_head_args(in_chans: Any, num_classes: Any, features_only: bool, out_indices) -> tuple[int, ...]:
+    """The input / head arguments every four-stage backbone checks (ModelConfigError naming the value);
+    returns out_indices as a tuple of ints."""
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ModelConfigError(f"in_chans must be a positive int, got {in_chans!r}")
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ModelConfigError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    out_indices = tuple(int(i) for i in out_indices)
+    if features_only and (not out_indices or len(set(out_indices)) != len(out_indices)
+                          or any(not 0 <= i < 4 for i in out_indices)):
+        raise ModelConfigError(f"out_indices must be distinct stage indices in 0..3, got {out_indices}")
+    return out_indices
+
+
+def check_classifier_reset(model: nn.Module, num_classes: Any) -> None:
+    """What `reset_classifier(num_classes)` refuses: a features_only model, a class count that is no int >= 0."""
+    if model.features_only:
+        raise RuntimeError("a features_only model has no classifier")
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+
+
+def sync_num_classes(model: nn.Module, num_classes: int) -> None:
+    """Record a new class count in the model's pretrained_cfg / default_cfg (timm's names)."""
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        if isinstance(cfg, dict):
+            cfg["num_classes"] = num_classes

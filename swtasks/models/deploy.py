@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from swtasks.checkpoint import save_weights
+from swtasks.checkpoint import read_meta, save_weights
 
 from .registry import create_model
 
@@ -104,8 +104,6 @@ def reparameterize_file(
 ) -> dict[str, Any]:
     """Load a training-structure weights file into registry model ``model``, fold it (verified) and write the
     deploy weights to ``dst`` (``{"state_dict", "meta"}``; .safetensors by extension). Returns the meta."""
-    from swtasks.checkpoint import read_meta
-
     overrides = dict(overrides or {})
     if num_classes is None:
         found = read_meta(src, trust_pickle=trust_pickle).get("num_classes")

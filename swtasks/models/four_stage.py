@@ -26,7 +26,15 @@ from swtasks.layers.common import (
     trunc_normal_,
 )
 
-from .common import FeatureInfo, as_stage_tuple, check_image_input, checkpoint_block
+from .common import (
+    FeatureInfo,
+    as_stage_tuple,
+    check_classifier_reset,
+    check_head_args,
+    check_image_input,
+    checkpoint_block,
+    sync_num_classes,
+)
 from .registry import ModelConfigError
 
 __all__ = [
@@ -162,16 +170,9 @@ class FourStageNet(nn.Module):
             raise ModelConfigError(f"depths must be >= 0, got {depths}")
         if any(d < min_dim for d in dims):
             raise ModelConfigError(f"dims must be >= {min_dim}, got {dims}")
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ModelConfigError(f"in_chans must be a positive int, got {in_chans!r}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ModelConfigError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        out_indices = check_head_args(in_chans, num_classes, features_only, out_indices)
         if not 0.0 <= drop_path_rate < 1.0:
             raise ModelConfigError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-        out_indices = tuple(int(i) for i in out_indices)
-        if features_only and (not out_indices or len(set(out_indices)) != len(out_indices)
-                              or any(not 0 <= i < 4 for i in out_indices)):
-            raise ModelConfigError(f"out_indices must be distinct stage indices in 0..3, got {out_indices}")
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.depths, self.dims = depths, dims
@@ -248,19 +249,14 @@ class FourStageNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one with `num_classes` outputs (0: none)."""
-        if self.features_only:
-            raise RuntimeError("a features_only model has no classifier")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        check_classifier_reset(self, num_classes)
         ref = self.norm.weight
         self.num_classes = num_classes
         self.head = nn.Identity()
         if num_classes > 0:
             self.head = nn.Linear(self.num_features, num_classes).to(device=ref.device, dtype=ref.dtype)
             self._init_weights(self.head)
-        for cfg in (getattr(self, "pretrained_cfg", None), getattr(self, "default_cfg", None)):
-            if isinstance(cfg, dict):
-                cfg["num_classes"] = num_classes
+        sync_num_classes(self, num_classes)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters without weight decay: every parameter with fewer than two dimensions (biases, norm

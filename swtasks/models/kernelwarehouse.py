@@ -25,7 +25,6 @@ features-only model, drops the classifier's warehouse (the published 1/2x Mobile
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +39,7 @@ from .convnext import ConvNeXt
 from .param_groups import layer_id as convnext_layer_id
 from .param_groups import stage_id as convnext_stage_id
 from .registry import check_overrides, register_family, register_model
-from .torchvision_baselines import KWMixin, MobileNetV2, ResNet
+from .torchvision_baselines import _WAREHOUSE, KWMixin, MobileNetV2, ResNet
 
 __all__ = ["KW_ADAPTER", "KW_VARIANTS", "KWConvNeXt", "KWConvNeXtBlock"]
 
@@ -175,11 +174,6 @@ def _build(name: str, **kwargs: Any) -> nn.Module:
     cls, arch, kw, _ = KW_VARIANTS[name]
     check_overrides(name, kwargs, _ACCEPTED[cls])
     kw = {**kw, **{k: kwargs.pop(k) for k in _KW_KEYS if k in kwargs}}
-    if cls is MobileNetV2 and arch.get("kw_classifier") and kwargs.get("features_only"):
-        # no classifier, so no classifier warehouse: drop its entry from the per-warehouse settings
-        kw = {k: (v[:-1] if isinstance(v, tuple) and k != "sharing_range" else v) for k, v in kw.items()}
-    if cls is KWConvNeXt:
-        return KWConvNeXt(kw=kw, **{**arch, **kwargs})
     return cls(**{**arch, **kwargs, "kw": kw})
 
 
@@ -203,12 +197,10 @@ for _name in KW_VARIANTS:
 # the published checkpoints (OSVAI/KernelWarehouse: {'model': state_dict, ...})
 # ------------------------------------------------------------------------------------------------------
 
-_WAREHOUSE_KEY = re.compile(r"^warehouse_manager\.weights\.(\d+)$")
-
 
 def is_kw_layout(sd: Mapping[str, torch.Tensor]) -> bool:
     """Whether ``sd`` holds KernelWarehouse warehouses and attention heads (the published key names)."""
-    return any(_WAREHOUSE_KEY.match(k) for k in sd) and any(".attention.fc1.weight" in k for k in sd)
+    return any(_WAREHOUSE.match(k) for k in sd) and any(".attention.fc1.weight" in k for k in sd)
 
 
 def convert_kw_layout(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -220,7 +212,7 @@ def convert_kw_layout(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[
     if manager is None:
         raise ValueError(f"{type(model).__name__} has no KernelWarehouse layers; the file is a KW checkpoint")
     have = len(manager.weights)
-    extra = sorted(int(m.group(1)) for k in sd if (m := _WAREHOUSE_KEY.match(k)) and int(m.group(1)) >= have)
+    extra = sorted(int(m.group(1)) for k in sd if (m := _WAREHOUSE.match(k)) and int(m.group(1)) >= have)
     if extra and getattr(model, "features_only", False) and getattr(model, "kw_classifier", False):
         for i in extra:
             out.pop(f"warehouse_manager.weights.{i}")
@@ -228,9 +220,9 @@ def convert_kw_layout(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[
 
 
 def _warehouse_hints(sd: Mapping, own: Mapping, mismatched: list) -> list[str]:
-    if not any(_WAREHOUSE_KEY.match(k) for k, _, _ in mismatched):
+    if not any(_WAREHOUSE.match(k) for k, _, _ in mismatched):
         return []
-    cells = [(k, tuple(sd[k].shape)) for k in sorted(sd) if _WAREHOUSE_KEY.match(k)]
+    cells = [(k, tuple(sd[k].shape)) for k in sorted(sd) if _WAREHOUSE.match(k)]
     shown = ", ".join(f"{k.rsplit('.', 1)[1]}: {s[0]} cells of {s[1:]}" for k, s in cells[:6])
     return [f"  hint: the file's warehouses ({shown}, ...) belong to another KW variant "
             "(cell_num_ratio / cell_inplane_ratio / cell_outplane_ratio differ): pick the matching kw_* model"]

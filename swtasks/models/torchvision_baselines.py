@@ -35,9 +35,17 @@ import torch
 import torch.nn as nn
 
 from swtasks.layers.common import DropPath
-from swtasks.layers.kernel_warehouse import KWConvNd, WarehouseManager
+from swtasks.layers.kernel_warehouse import KWConvNd, WarehouseManager, is_per_warehouse
 
-from .common import FeatureInfo, as_stage_tuple, check_image_input, checkpoint_block
+from .common import (
+    FeatureInfo,
+    as_stage_tuple,
+    check_classifier_reset,
+    check_head_args,
+    check_image_input,
+    checkpoint_block,
+    sync_num_classes,
+)
 from .registry import ModelConfigError, check_overrides, register_model
 
 __all__ = [
@@ -137,16 +145,9 @@ class _Backbone(KWMixin, nn.Module):
     total_stride = 32
 
     def _setup(self, in_chans, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, deploy):
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ModelConfigError(f"in_chans must be a positive int, got {in_chans!r}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ModelConfigError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        out_indices = check_head_args(in_chans, num_classes, features_only, out_indices)
         if not 0.0 <= drop_rate < 1.0:
             raise ModelConfigError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
-        out_indices = tuple(int(i) for i in out_indices)
-        if features_only and (not out_indices or len(set(out_indices)) != len(out_indices)
-                              or any(not 0 <= i < 4 for i in out_indices)):
-            raise ModelConfigError(f"out_indices must be distinct stage indices in 0..3, got {out_indices}")
         self.in_chans, self.num_classes = in_chans, num_classes
         self.features_only = features_only
         self.out_indices = out_indices if features_only else (0, 1, 2, 3)
@@ -383,14 +384,11 @@ class ResNet(_Backbone):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
-        if self.features_only:
-            raise RuntimeError("a features_only model has no classifier")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        check_classifier_reset(self, num_classes)
         ref = self.bn1.weight
         self.fc = (nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()).to(ref.device)
         self.num_classes = num_classes
-        _sync_cfg(self, num_classes)
+        sync_num_classes(self, num_classes)
 
     def num_layer_ids(self, decay_type: str = "layer_wise") -> int:
         return sum(self.depths) if decay_type == "layer_wise" else 4
@@ -500,6 +498,9 @@ class MobileNetV2(_Backbone):
             raise ModelConfigError(f"width_mult must be > 0, got {width_mult!r}")
         self._setup(in_chans, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, deploy)
         self.width_mult, self.classifier_kind, self.kw_classifier = width_mult, classifier, kw_classifier
+        if kw is not None and kw_classifier and features_only:
+            # no classifier, so no classifier warehouse: drop its entry from the per-warehouse settings
+            kw = {k: v[:-1] if k != "sharing_range" and is_per_warehouse(v) else v for k, v in kw.items()}
         self.warehouse_manager = WarehouseManager(**kw) if kw is not None else None
         convs = _Convs(self.warehouse_manager)
         pw_stages = set(range(7)) if kw_pw_stages is None else set(kw_pw_stages)
@@ -575,10 +576,7 @@ class MobileNetV2(_Backbone):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
-        if self.features_only:
-            raise RuntimeError("a features_only model has no classifier")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        check_classifier_reset(self, num_classes)
         if self.kw_classifier:
             raise RuntimeError(
                 "this model's classifier is a KernelWarehouse layer sized with its own warehouse: create the "
@@ -590,7 +588,7 @@ class MobileNetV2(_Backbone):
             self._init_weights(m)
         self.classifier.to(ref.device)
         self.num_classes = num_classes
-        _sync_cfg(self, num_classes)
+        sync_num_classes(self, num_classes)
 
     def num_layer_ids(self, decay_type: str = "layer_wise") -> int:
         return len(self.features) - 1 if decay_type == "layer_wise" else 4
@@ -607,13 +605,6 @@ class MobileNetV2(_Backbone):
         if self._strides[j] < 4:  # the stem: the modules before the first stride-4 block
             return 0
         return min(1 + sum(j > e for e in self._out_modules), num_layers)
-
-
-def _sync_cfg(model: nn.Module, num_classes: int) -> None:
-    for attr in ("pretrained_cfg", "default_cfg"):
-        cfg = getattr(model, attr, None)
-        if isinstance(cfg, dict):
-            cfg["num_classes"] = num_classes
 
 
 # ------------------------------------------------------------------------------------------------------

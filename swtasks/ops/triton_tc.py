@@ -746,7 +746,6 @@ def tc_launch(pass_name: str, B: int, C: int, H: int, W: int, K: int, k: int, dt
     s = _BYTES[dtype]
     n = B * C * H * W
     info = {"parts": parts, "items": n_items, "nsplit": nsplit}
-    loops = tuple(LoopModel(1, n_items / (nsplit * parts)) for _ in range(parts))
     # the weight gradient's stencil holds k [BH, BW] accumulators: by default exact fp32 only (the TF32
     # forms' 4-warp tiles of 64 would spill) in tiles of 32 or more (in tiles of 16 the compiler unrolls
     # its small loop by 4 with a remainder loop, which the kernel report's loop model cannot follow)
