@@ -51,6 +51,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "LoadReport",
+    "adapter_of",
     "allow_globals",
     "atomic_torch_save",
     "compare_state_dicts",
@@ -432,7 +433,8 @@ def format_mismatch(source: str, target: str, missing, unexpected, mismatched, l
     return "\n".join(lines)
 
 
-def _adapter_of(model: nn.Module) -> CheckpointAdapter | None:
+def adapter_of(model: nn.Module) -> CheckpointAdapter | None:
+    """The checkpoint adapter of a registry model (its pretrained_cfg architecture), or None."""
     cfg = getattr(model, "pretrained_cfg", None)
     name = cfg.get("architecture") if isinstance(cfg, Mapping) else None
     if not name:
@@ -473,7 +475,7 @@ def load_into(
     sd = extract_state_dict(obj, source=source)
     own = model.state_dict()
     weights, how = select_weights(sd, own.keys(), prefix=prefix, source=source)
-    adapter = adapter if adapter is not None else _adapter_of(model)
+    adapter = adapter if adapter is not None else adapter_of(model)
     converted = bool(adapter and adapter.detect and adapter.convert and adapter.detect(weights))
     if converted:
         weights = adapter.convert(weights, model)

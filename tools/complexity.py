@@ -40,15 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from swtasks.analysis.complexity import format_table, measure
     from swtasks.analysis.progress import progress
-    from swtasks.models import list_models
+    from swtasks.analysis.select import resolve_models
 
-    names: list[str] = []
-    for pat in args.models:
-        found = list_models(pat) if any(c in pat for c in "*?[") else [pat]
-        if not found:
-            print(f"error: no model matches {pat!r}", file=sys.stderr)
-            return 2
-        names += [n for n in found if n not in names]
+    try:
+        names = resolve_models(args.models, torchvision=False)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rows = []
     for n in progress(names, desc="counting"):
         try:

@@ -254,7 +254,8 @@ def _make_runs(model: nn.Module, mode: str, batch: int, image_size: int, device:
     if mode in ("inference", "latency"):
 
         def run():
-            model.eval()
+            if model.training:  # switched only when needed: .eval() walks every module (timed on CUDA)
+                model.eval()
             with torch.inference_mode(), autocast():
                 return model(x)
 
@@ -264,7 +265,8 @@ def _make_runs(model: nn.Module, mode: str, batch: int, image_size: int, device:
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
 
     def run():
-        model.train()
+        if not model.training:
+            model.train()
         opt.zero_grad(set_to_none=True)
         with autocast():
             loss = F.cross_entropy(model(x), target)

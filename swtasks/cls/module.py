@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..checkpoint import compare_state_dicts, format_mismatch
+from ..checkpoint import adapter_of, compare_state_dicts, format_mismatch
 from ..models.param_groups import param_groups
 from . import finetune
 from .ema import ModelEMA
@@ -457,7 +457,7 @@ class ClassificationModule(L.LightningModule):
         other backbone options), before Lightning's strict load fails with a long traceback."""
         own = {k: v for k, v in self.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
         theirs = {k: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
-        extra = getattr(self._adapter(), "extra", None)
+        extra = getattr(adapter_of(self.backbone), "extra", None)
         missing, unexpected, mismatched = compare_state_dicts(
             own, theirs, extra=(lambda k: bool(extra and extra(k[len(BACKBONE_PREFIX) :])))
         )
@@ -475,14 +475,6 @@ class ClassificationModule(L.LightningModule):
             )
         msg = format_mismatch(str(source), f"model.backbone={self.backbone_name}", missing, unexpected, mismatched, limit=5)
         raise InputError(msg.replace("\n", ";") + "; the checkpoint's model.backbone_kwargs must match")
-
-    def _adapter(self):
-        name = (getattr(self.backbone, "pretrained_cfg", None) or {}).get("architecture")
-        if not name:
-            return None
-        from ..models.registry import checkpoint_adapter
-
-        return checkpoint_adapter(name)
 
     def on_fit_start(self) -> None:
         # restored here, before the training loader's iterator is made (Lightning isolates the sanity

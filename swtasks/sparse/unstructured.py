@@ -238,6 +238,7 @@ class UnstructuredSparsity:
     # core's schedule pieces; they read steps / total_steps / prune_rate / final_prune_rate and self.layers
     current_prune_rate = KernelSparsity.current_prune_rate
     _broadcast_ = KernelSparsity._broadcast_
+    _regrow = KernelSparsity._regrow
 
     def __init__(
         self,
@@ -368,9 +369,7 @@ class UnstructuredSparsity:
             if n_remove > 0:
                 score = torch.where(old, magnitude, torch.full_like(magnitude, math.inf))
                 keep[torch.argsort(score, stable=True)[:n_remove]] = False
-            new = keep.clone()
-            candidates = torch.nonzero(~keep).flatten()
-            new[candidates[torch.randperm(candidates.numel(), generator=self.generator)[:n_remove]]] = True
+            new = self._regrow(keep, n_remove)
             names.append(name)
             new_masks.append(new.view(mask.shape))
             survivors.append((old & new).view(mask.shape))
