@@ -53,11 +53,13 @@ __all__ = [
     "LoadReport",
     "adapter_of",
     "allow_globals",
+    "classifier_name",
     "atomic_torch_save",
     "compare_state_dicts",
     "extract_state_dict",
     "format_mismatch",
     "load_into",
+    "meta_of",
     "load_state_dict",
     "read_checkpoint",
     "save_weights",
@@ -254,11 +256,28 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     return extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), source=os.fspath(path))
 
 
-def read_meta(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict:
-    """The ``meta`` dict of a file written by :func:`save_weights` ({} for other files)."""
-    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+def classifier_name(model: nn.Module) -> str | None:
+    """The module name of ``model.get_classifier()``: the part of a checkpoint that may differ between a
+    pre-training run and a fine-tuning one. None for a model without get_classifier, a features_only model,
+    or a classifier that is not a named submodule."""
+    get = getattr(model, "get_classifier", None)
+    if not callable(get) or getattr(model, "features_only", False):
+        return None
+    clf = get()
+    if not isinstance(clf, nn.Module):
+        return None
+    return next((name for name, module in model.named_modules() if module is clf and name), None)
+
+
+def meta_of(obj: Any) -> dict:
+    """The ``meta`` dict of a loaded file written by :func:`save_weights` ({} for other files)."""
     meta = obj.get("meta") if isinstance(obj, Mapping) else None
     return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def read_meta(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict:
+    """The ``meta`` dict of a file written by :func:`save_weights` ({} for other files)."""
+    return meta_of(read_checkpoint(path, trust_pickle=trust_pickle))
 
 
 def _strip_wrappers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

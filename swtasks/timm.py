@@ -38,7 +38,7 @@ except ImportError as _err:  # an optional extra
     raise ImportError(f"swtasks.timm needs timm ({_err}): pip install 'swtasks[timm]'") from _err
 
 import swtasks
-from swtasks.checkpoint import CheckpointMismatchError, format_mismatch, load_into
+from swtasks.checkpoint import CheckpointMismatchError, classifier_name, format_mismatch, load_into
 from swtasks.models import ModelConfigError, get_data_config, list_models
 
 __all__ = ["PREFIX", "default_cfgs", "main", "register_timm_models", "swtasks_name"]
@@ -61,11 +61,8 @@ def swtasks_name(timm_name: str) -> str:
 
 
 def _classifier_prefixes(model) -> tuple[str, ...]:
-    get = getattr(model, "get_classifier", None)
-    head = get() if callable(get) and not getattr(model, "features_only", False) else None
-    if head is None:
-        return ()
-    return tuple(f"{n}." for n, m in model.named_modules() if m is head and n)
+    name = classifier_name(model)
+    return (name + ".",) if name else ()
 
 
 def _load_pretrained(model, source, timm_name: str) -> None:

@@ -13,7 +13,7 @@ import re
 
 from torch import nn
 
-from ..checkpoint import CheckpointError, CheckpointMismatchError, format_mismatch, load_into
+from ..checkpoint import CheckpointError, CheckpointMismatchError, classifier_name, format_mismatch, load_into
 from .errors import InputError
 
 __all__ = ["classifier_prefix", "freeze_stages", "load_weights", "stage_of"]
@@ -24,13 +24,8 @@ _STAGE = re.compile(r"^(?:downsample_layers|stages)\.(\d+)(?:\.|$)")
 def classifier_prefix(net: nn.Module) -> str:
     """The state-dict prefix of the classifier (``get_classifier()``'s module name plus '.'; 'head.' when the
     backbone has no get_classifier)."""
-    get = getattr(net, "get_classifier", None)
-    clf = get() if callable(get) else None
-    if isinstance(clf, nn.Module):
-        for name, mod in net.named_modules():
-            if mod is clf and name:
-                return name + "."
-    return "head."
+    name = classifier_name(net)
+    return name + "." if name else "head."
 
 
 def load_weights(net: nn.Module, path: str | os.PathLike, *, trust_pickle: bool = False) -> str:

@@ -12,7 +12,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from swtasks.checkpoint import extract_state_dict, load_into, read_checkpoint, save_weights, select_weights
+from swtasks.checkpoint import (
+    classifier_name,
+    extract_state_dict,
+    load_into,
+    read_checkpoint,
+    save_weights,
+    select_weights,
+)
 from swtasks.models import checkpoint_adapter, create_model, family_of, list_models
 
 __all__ = ["convert_checkpoint_file", "sources"]
@@ -29,12 +36,8 @@ def sources() -> dict[str, str]:
 
 
 def _classifier_key(model) -> str | None:
-    get = getattr(model, "get_classifier", None)
-    clf = get() if callable(get) else None
-    for name, module in model.named_modules():
-        if module is clf and name:
-            return f"{name}.weight"
-    return None
+    name = classifier_name(model)
+    return f"{name}.weight" if name else None
 
 
 def convert_checkpoint_file(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from swtasks.checkpoint import read_meta, save_weights
+from swtasks.checkpoint import load_into, meta_of, read_checkpoint, save_weights
 
 from .registry import create_model
 
@@ -105,11 +105,12 @@ def reparameterize_file(
     """Load a training-structure weights file into registry model ``model``, fold it (verified) and write the
     deploy weights to ``dst`` (``{"state_dict", "meta"}``; .safetensors by extension). Returns the meta."""
     overrides = dict(overrides or {})
+    obj = read_checkpoint(src, trust_pickle=trust_pickle)  # read once: for its meta and for the weights
     if num_classes is None:
-        found = read_meta(src, trust_pickle=trust_pickle).get("num_classes")
+        found = meta_of(obj).get("num_classes")
         num_classes = 1000 if found is None else found
-    net = create_model(model, num_classes=int(num_classes), checkpoint_path=src, trust_pickle=trust_pickle,
-                       **overrides)
+    net = create_model(model, num_classes=int(num_classes), **overrides)
+    load_into(net, obj, source=os.fspath(src))
     example = example_batch(net, size=verify_size) if verify else None
     report = reparameterize_verified(net, example=example, check=verify)
     meta = {
