@@ -26,24 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of CHECKPOINT (trusted files)")
     args = p.parse_args(argv)
 
+    from swtasks.cliutil import run_tool
     from swtasks.cls.errors import InputError
     from swtasks.cls.export import export_backbone
 
-    try:
+    def export(_) -> None:
         meta = export_backbone(
             args.checkpoint, args.output, ema=args.ema, reparameterize=args.reparameterize, drop_head=args.no_head,
             trust_pickle=args.trust_pickle,
         )
-    except InputError as e:
-        print(f"export_backbone.py: error: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {args.output}: {meta['backbone']} ({'EMA' if meta['ema'] else 'raw'} weights, "
-        f"{'deploy' if meta['deploy'] else 'training'} structure, epoch {meta['epoch']}, "
-        f"{meta['folded_sparsity_masks']} sparsity masks folded); keys prefixed 'backbone.'"
-    )
-    return 0
+        print(
+            f"wrote {args.output}: {meta['backbone']} ({'EMA' if meta['ema'] else 'raw'} weights, "
+            f"{'deploy' if meta['deploy'] else 'training'} structure, epoch {meta['epoch']}, "
+            f"{meta['folded_sparsity_masks']} sparsity masks folded); keys prefixed 'backbone.'"
+        )
 
+    return run_tool(export, prog="export_backbone.py", user_errors=(InputError,))
 
 if __name__ == "__main__":
     sys.exit(main())
