@@ -251,6 +251,7 @@ class ClassificationModule(L.LightningModule):
         if self.hparams.sync_batchnorm and trainer.world_size > 1:
             self.backbone = convert_sync_batchnorm(self.backbone, trainer.strategy.root_device)
             self.__dict__.pop("_norm_bufs", None)
+            self.__dict__.pop("_norm_snap", None)
 
     def _check_data(self, dm) -> None:
         """The data module's class count and image size against the backbone (one clear error each)."""
@@ -279,10 +280,22 @@ class ClassificationModule(L.LightningModule):
             object.__setattr__(self, "_norm_bufs", bufs)
         return self.__dict__["_norm_bufs"]
 
+    def _snapshot_norm_buffers(self) -> list[torch.Tensor]:
+        """A copy of every BatchNorm buffer, taken into one set of tensors kept across steps (one multi-tensor
+        copy per step instead of a fresh clone of each buffer)."""
+        bufs = self._norm_buffers()
+        snap = self.__dict__.get("_norm_snap")
+        if snap is None or len(snap) != len(bufs) or any(s.device != b.device for s, b in zip(snap, bufs)):
+            snap = [torch.empty_like(b) for b in bufs]
+            object.__setattr__(self, "_norm_snap", snap)
+        if bufs:
+            torch._foreach_copy_(snap, bufs)
+        return snap
+
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
         x, targets = self.mixer(self._prep(x), y)
-        before = [b.clone() for b in self._norm_buffers()]  # a failing batch must not leave NaN statistics
+        before = self._snapshot_norm_buffers()  # a failing batch must not leave NaN statistics
         logits = self._forward_train(x)
         loss = soft_target_cross_entropy(logits, targets)
         finite = bool(torch.isfinite(loss))
@@ -290,9 +303,9 @@ class ClassificationModule(L.LightningModule):
         if trainer is not None and trainer.world_size > 1:  # every rank takes the same decision
             finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            with torch.no_grad():
-                for b, saved in zip(self._norm_buffers(), before):
-                    b.copy_(saved)
+            if before:
+                with torch.no_grad():
+                    torch._foreach_copy_(self._norm_buffers(), before)
             where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
             if self.hparams.nonfinite_loss == "stop":
                 raise NonFiniteLossError(
