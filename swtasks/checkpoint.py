@@ -46,6 +46,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from swtasks.errors import UserError
+
 __all__ = [
     "CheckpointAdapter",
     "CheckpointError",
@@ -77,12 +79,12 @@ _OUT_NORM = re.compile(r"^norm\d+\.")
 _ST_EXTRA = "the safetensors package: pip install safetensors (part of the swtasks[export] extra)"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A file that cannot be read as weights: missing, truncated, corrupt, or holding Python objects
     beyond the allow-list. The message names the file."""
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint does not fit the model: lists the missing, unexpected and mis-shaped keys."""
 
 

@@ -25,14 +25,17 @@ def add_override_option(parser: argparse.ArgumentParser, help: str = "model over
 
 
 def run_tool(main, argv=None, *, prog: str, user_errors: tuple[type[BaseException], ...] | None = None) -> int:
-    """Run ``main(argv)`` for a command-line tool: a user error prints one line ``PROG: error: ...`` and
-    returns 2 (``SWTASKS_DEBUG=1`` re-raises it with its traceback); other exceptions propagate."""
+    """Run ``main(argv)`` for a command-line tool: a user error (:class:`swtasks.errors.UserError`, or one of
+    ``user_errors``) prints one line ``PROG: error: ...`` and returns 2 (``SWTASKS_DEBUG=1`` re-raises it
+    with its traceback); other exceptions (bugs) propagate with their traceback."""
     import os
     import sys
 
-    from swtasks.checkpoint import CheckpointError, CheckpointMismatchError
+    from swtasks.errors import UserError
 
-    errors = user_errors or (CheckpointError, CheckpointMismatchError, FileNotFoundError, ValueError)
+    # UserError is the toolkit's one user-error type (every floor's specific errors derive from it);
+    # ``user_errors`` adds others for a tool that calls a library raising its own (rare)
+    errors = (UserError, *(user_errors or ()))
     try:
         return int(main(argv) or 0)
     except errors as e:

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from swtasks.checkpoint import extract_state_dict, load_into, read_checkpoint
+from swtasks.errors import UserError
 from swtasks.models import create_model, get_data_config
 from swtasks.models.deploy import _as_list, example_batch, reparameterize_verified
 
@@ -65,7 +66,7 @@ _BACKENDS = (None, "auto", "torch", "triton")
 _EXTRA = "pip install 'swtasks[export]'"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot be produced, or whose file does not reproduce the eager model."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 
+from ..errors import UserError
 
-class InputError(ValueError):
+
+class InputError(UserError, ValueError):
     """A problem with what the user gave us: a config value, a data folder, a model name."""
 
 
@@ -18,7 +20,7 @@ class DataNotFoundError(InputError, FileNotFoundError):
     """A data directory or file the configuration points to does not exist."""
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; ``checkpoint`` names the saved last good state."""
 
     def __init__(self, message: str, checkpoint: str | None = None):

@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from swtasks.errors import UserError
+
 __all__ = ["DataCheckError", "DataReport", "check_ade20k", "check_coco", "check_config_data"]
 
 MAX_LISTED = 5  # problems listed per kind; the rest are counted
 
 
-class DataCheckError(ValueError):
+class DataCheckError(UserError, ValueError):
     """Data that the Runner would fail on, or silently mistrain on; the message names file, id and field."""
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from swtasks.errors import UserError
 import torch.nn as nn
 
 from swtasks.checkpoint import load_into, meta_of, read_checkpoint, save_weights
@@ -24,7 +26,7 @@ from .registry import create_model
 __all__ = ["ReparameterizationError", "reparameterize_file", "reparameterize_verified"]
 
 
-class ReparameterizationError(RuntimeError):
+class ReparameterizationError(UserError, RuntimeError):
     """The deploy structure does not reproduce the training structure's outputs."""
 
 

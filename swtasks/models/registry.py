@@ -33,6 +33,7 @@ from typing import Any
 import torch.nn as nn
 
 from swtasks.checkpoint import CheckpointAdapter, load_into
+from swtasks.errors import UserError
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -63,7 +64,7 @@ DEFAULT_DATA_CONFIG: dict[str, Any] = {
 }
 
 
-class ModelConfigError(ValueError, TypeError):
+class ModelConfigError(UserError, ValueError, TypeError):
     """A bad model name, override or option. Subclasses both ValueError and TypeError (an unknown keyword
     argument is a TypeError in Python, a bad value a ValueError) so either `except` catches it."""
 
