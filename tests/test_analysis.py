@@ -133,12 +133,40 @@ def test_erf_tool_errors(tmp_path, capsys):
 
     tool = _tool("erf")
     rc = run_tool(tool.main, ["shiftwise_atto", "--out", str(tmp_path), "--data", str(tmp_path / "nope")],
-                  prog="erf.py", user_errors=(ValueError, FileNotFoundError))
+                  prog="erf.py")  # as tools/erf.py runs it: run_tool catches swtasks.errors.UserError only
     assert rc == 2 and "neither 'noise'" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="holds no images"):
         erf.folder_images(empty, (0.5,) * 3, (0.5,) * 3)
+
+
+def test_analysis_tools_name_user_errors_in_one_line_and_let_bugs_through(tmp_path, capsys, monkeypatch):
+    """run_tool catches only swtasks.errors.UserError: every user error of the analysis tools is one (and
+    still the ValueError / FileNotFoundError it always was), so a plain ValueError from a bug keeps its
+    traceback (tools/complexity.py used to swallow every ValueError into 'error: ...')."""
+    from swtasks.analysis import complexity
+    from swtasks.cliutil import run_tool
+
+    cases = [
+        ("complexity", ["shiftwise_atto", "--input-size", "16"], "input size 16x16 is smaller than the total stride 32"),
+        ("erf", ["shiftwise_atto", "shiftwise_femto", "--out", str(tmp_path), "--checkpoint", "a.pth", "--no-plot"],
+         "1 plain --checkpoint path(s) for 2 model(s)"),
+        ("model_zoo", ["shiftwise_atto", "--benchmark-csv", str(tmp_path / "missing.csv")], "missing.csv does not exist"),
+        ("benchmark", ["shiftwise_atto", "--baseline", "convnext_t", "--image-size", "32", "--no-progress"],
+         "baseline 'convnext_t' is not among the measured models"),
+    ]  # fmt: skip
+    for name, argv, message in cases:
+        assert run_tool(_tool(name).main, argv, prog=f"{name}.py") == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"{name}.py: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(complexity, "count_params", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        run_tool(_tool("complexity").main, ["shiftwise_atto", "--input-size", "32"], prog="complexity.py")
 
 
 def test_folder_images_are_resized_and_normalised(tmp_path):
@@ -151,6 +179,10 @@ def test_folder_images_are_resized_and_normalised(tmp_path):
     assert x.shape == (2, 3, 16, 16)
     np.testing.assert_allclose(x[0].numpy(), (60 / 255 - 0.5) / 0.25, rtol=1e-5)
     with pytest.raises(ValueError, match="holds only 3"):
+        src(2, 2, 16)
+    from swtasks.errors import UserError
+
+    with pytest.raises(UserError, match="holds only 3"):  # one line in tools/erf.py
         src(2, 2, 16)
 
 

@@ -398,6 +398,13 @@ def test_failed_conversion_leaves_no_output(tmp_path):
         convert_checkpoint_file(src_path, out, source="nonsense-official", model="shiftwise_atto")
     with pytest.raises(ValueError, match="converts shiftwise_\\* models"):
         convert_checkpoint_file(src_path, out, source="shiftwise-official", model="nonsense_t")
+    # user errors (swtasks.errors.UserError: one line in the tool), still ValueErrors
+    from swtasks.convert import ConversionError
+    from swtasks.errors import UserError
+
+    with pytest.raises(ConversionError, match="unknown checkpoint source") as e:
+        convert_checkpoint_file(src_path, out, source="nonsense-official", model="shiftwise_atto")
+    assert isinstance(e.value, UserError)
 
 
 def test_the_tool_names_user_errors_in_one_line_and_lets_bugs_through(tmp_path, capsys, monkeypatch):
@@ -409,6 +416,13 @@ def test_the_tool_names_user_errors_in_one_line_and_lets_bugs_through(tmp_path, 
     assert _tool_run(argv) == 2
     err = capsys.readouterr().err
     assert str(src_path) in err and "--trust-pickle" in err and len(err.strip().splitlines()) == 1
+    # a file that is not in the source's layout: one line too (run_tool catches only UserError)
+    other = tmp_path / "ours.pth"  # this toolkit's own layout, not the reference's
+    torch.save({"model": swtasks.create_model("shiftwise_atto", **SMALL).state_dict()}, other)
+    argv_other = ["--source", "shiftwise-official", str(other), str(tmp_path / "o.pth"), "--arch", "atto"]
+    assert _tool_run([*argv_other, *[f"--set={k}={v!r}" for k, v in SMALL.items()]]) == 2
+    err = capsys.readouterr().err
+    assert "is not in the shiftwise-official layout" in err and len(err.strip().splitlines()) == 1
 
     import swtasks.convert as convert_module
 

@@ -391,6 +391,20 @@ def test_bad_arguments():
         sp.step()
     with pytest.raises(ValueError, match="loss_fn"):
         sp.init_masks(batch())
+    # settings and models are user errors (one line in the tools: swtasks.errors.UserError, still a
+    # ValueError); calling the API in the wrong order is a bug and stays a plain exception
+    from swtasks.errors import UserError
+    from swtasks.sparse import SparsityError, UnstructuredSparsity
+
+    for make in (lambda: KernelSparsity(small_net(), sparsity=1.0, total_steps=10),
+                 lambda: KernelSparsity(nn.Linear(3, 3), total_steps=10),
+                 lambda: UnstructuredSparsity(small_net(), total_steps=10, init="random")):
+        with pytest.raises(SparsityError) as e:
+            make()
+        assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+    with pytest.raises(ValueError) as e:
+        sp.init_masks(batch())
+    assert not isinstance(e.value, UserError)
 
 
 # ------------------------------------------------------------------------------------------ distributed

@@ -42,22 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     from swtasks.analysis.progress import progress
     from swtasks.analysis.select import resolve_models
 
-    try:
-        names = resolve_models(args.models, torchvision=False)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    names = resolve_models(args.models, torchvision=False)
     rows = []
     for n in progress(names, desc="counting"):
-        try:
-            rows.append(measure(n, input_size=args.input_size, num_classes=args.num_classes, deploy=args.deploy,
-                                device=args.device))
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        rows.append(measure(n, input_size=args.input_size, num_classes=args.num_classes, deploy=args.deploy,
+                            device=args.device))
     print(format_table(rows))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from swtasks.cliutil import run_tool
+
+    sys.exit(run_tool(main, prog="complexity.py"))

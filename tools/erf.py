@@ -40,15 +40,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true", help="write only erf.csv and the raw maps (no matplotlib)")
     p.add_argument("--no-progress", action="store_true")
     add_override_option(p, help="create_model override for every model (repeatable)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of the checkpoints (trusted files)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="a checkpoint may be an http(s) URL: downloaded, then read like a local file")
     return p.parse_args(argv)
 
 
 def _checkpoints(specs: list[str], models: list[str]) -> dict[str, str]:
+    from swtasks.analysis.errors import AnalysisError
+
     named = dict(s.split("=", 1) for s in specs if "=" in s and s.split("=", 1)[0] in models)
     plain = [s for s in specs if not ("=" in s and s.split("=", 1)[0] in models)]
     if plain and (named or len(plain) != len(models)):
-        raise ValueError(f"{len(plain)} plain --checkpoint path(s) for {len(models)} model(s): give one per model in "
-                         "order, or MODEL=PATH")
+        raise AnalysisError(f"{len(plain)} plain --checkpoint path(s) for {len(models)} model(s): give one per "
+                            "model in order, or MODEL=PATH")
     return {**dict(zip(models, plain)), **named}
 
 
@@ -58,6 +63,7 @@ def main(argv=None) -> int:
     import torch
 
     from swtasks.analysis import erf
+    from swtasks.analysis.errors import AnalysisInputNotFound
     from swtasks.analysis.select import resolve_models
 
     if args.threads:
@@ -72,13 +78,14 @@ def main(argv=None) -> int:
         from swtasks.cls.experiments import procedural_images  # the embedded dataset (swtasks.cls)
 
         if args.data not in synthetic.DATASETS:
-            raise FileNotFoundError(f"--data {args.data!r} is neither 'noise', an existing image folder, nor an "
-                                    f"embedded dataset ({', '.join(sorted(synthetic.DATASETS))})")
+            raise AnalysisInputNotFound(f"--data {args.data!r} is neither 'noise', an existing image folder, nor "
+                                        f"an embedded dataset ({', '.join(sorted(synthetic.DATASETS))})")
         source = procedural_images(args.data, split="val", seed=args.seed)
     results = erf.run_erf(
         models, images=args.images, image_size=args.image_size, source=source, checkpoints=checkpoints,
         stage=args.stage, batch_size=args.batch_size, device=args.device, seed=args.seed,
-        overrides=dict(args.overrides), show_progress=not args.no_progress,
+        overrides={**dict(args.overrides), "trust_pickle": args.trust_pickle, "allow_download": args.allow_download},
+        show_progress=not args.no_progress,
     )  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,8 +100,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from swtasks.checkpoint import CheckpointError, CheckpointMismatchError
     from swtasks.cliutil import run_tool
 
-    errors = (CheckpointError, CheckpointMismatchError, ValueError, FileNotFoundError, ImportError)
-    sys.exit(run_tool(main, prog="erf.py", user_errors=errors))
+    sys.exit(run_tool(main, prog="erf.py"))

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import AnalysisError
 from .progress import Progress
 from .select import TORCHVISION_PREFIX, resolve_models
 
@@ -125,15 +126,15 @@ class BenchmarkResult:
 def build_model(spec: ModelSpec, structure: str, num_classes: int = 1000, drop_path_rate: float = 0.0) -> nn.Module:
     """The model of `spec` in `structure` ('train' or 'deploy'), random weights, on the CPU."""
     if structure not in STRUCTURES:
-        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+        raise AnalysisError(f"structure must be one of {STRUCTURES}, got {structure!r}")
     if spec.is_torchvision:
         import torchvision
 
         tv_name = spec.name[len(TORCHVISION_PREFIX):]
         known = torchvision.models.list_models(module=torchvision.models)
         if tv_name not in known:
-            raise ValueError(f"unknown torchvision classification model {tv_name!r} (in {spec.name!r}); "
-                             f"e.g. {', '.join(n for n in known if n.startswith('convnext'))}")
+            raise AnalysisError(f"unknown torchvision classification model {tv_name!r} (in {spec.name!r}); "
+                                f"e.g. {', '.join(n for n in known if n.startswith('convnext'))}")
         kw = dict(spec.overrides)
         if drop_path_rate and "stochastic_depth_prob" not in kw and tv_name.startswith("convnext"):
             kw["stochastic_depth_prob"] = drop_path_rate
@@ -318,23 +319,23 @@ def run_benchmark(
     and training-step case (swtasks.analysis.profile) into `result.breakdown`."""
     specs = [m if isinstance(m, ModelSpec) else ModelSpec(m) for m in models]
     if not specs:
-        raise ValueError("no models to benchmark")
+        raise AnalysisError("no models to benchmark")
     if len({s.name for s in specs}) != len(specs):
-        raise ValueError(f"a model is listed twice: {[s.name for s in specs]}")
+        raise AnalysisError(f"a model is listed twice: {[s.name for s in specs]}")
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise ValueError(f"modes must be among {MODES}, got {list(modes)}")
+        raise AnalysisError(f"modes must be among {MODES}, got {list(modes)}")
     bad = [s for s in structures if s not in STRUCTURES]
     if bad or not structures:
-        raise ValueError(f"structures must be among {STRUCTURES}, got {list(structures)}")
+        raise AnalysisError(f"structures must be among {STRUCTURES}, got {list(structures)}")
     if batch_size < 1 or image_size < 1:
-        raise ValueError(f"batch_size and image_size must be >= 1, got {batch_size} and {image_size}")
+        raise AnalysisError(f"batch_size and image_size must be >= 1, got {batch_size} and {image_size}")
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, "bad")
     if amp_dtype == "bad":
-        raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
+        raise AnalysisError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+        raise AnalysisError("device 'cuda' requested but torch.cuda.is_available() is False")
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True  # as training scripts do: cuDNN picks its fastest algorithms
@@ -345,7 +346,7 @@ def run_benchmark(
     if baseline is None:
         baseline = next((b for b in ("convnext_t", "torchvision:convnext_tiny") if b in names), names[0])
     elif baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not among the measured models {names}")
+        raise AnalysisError(f"baseline {baseline!r} is not among the measured models {names}")
 
     cases: list[_Case] = []
     with Progress(len(specs) * len(structures), "building models", disable=not show_progress) as bar:

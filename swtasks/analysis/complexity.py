@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import AnalysisError
+
 __all__ = ["ComplexityRow", "count_flops", "count_params", "format_table", "measure", "measure_many"]
 
 
@@ -60,11 +62,11 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), bat
     where its parameters are (with a random input); 'meta' runs a meta-device copy (shapes only). The
     model's train/eval mode is restored."""
     if len(input_size) != 3:
-        raise ValueError(f"input_size must be (C, H, W), got {tuple(input_size)}")
+        raise AnalysisError(f"input_size must be (C, H, W), got {tuple(input_size)}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise AnalysisError(f"batch_size must be >= 1, got {batch_size}")
     if device not in ("cpu", "meta"):
-        raise ValueError(f"device must be 'cpu' or 'meta', got {device!r}")
+        raise AnalysisError(f"device must be 'cpu' or 'meta', got {device!r}")
     shape = (batch_size, *input_size)
     if device == "meta":
         meta_model = copy.deepcopy(model).to("meta").eval()
@@ -89,6 +91,9 @@ def measure(name: str, input_size: int | Sequence[int] = 224, num_classes: int =
     chans = get_data_config(name)["input_size"][0]
     size = _input_size(input_size, chans)
     model = create_model(name, num_classes=num_classes, **create_kwargs)
+    stride = getattr(model, "total_stride", None)
+    if isinstance(stride, int) and min(size[1:]) < stride:
+        raise AnalysisError(f"input size {size[1]}x{size[2]} is smaller than the total stride {stride} of {name}")
     row = ComplexityRow(name, size, count_params(model), count_flops(model, size, batch_size, device))
     del model
     if deploy:
@@ -110,7 +115,7 @@ def _input_size(size: int | Sequence[int], chans: int) -> tuple[int, int, int]:
         return (chans, *size)
     if len(size) == 3:
         return size  # type: ignore[return-value]
-    raise ValueError(f"input size must be S, (H, W) or (C, H, W), got {size}")
+    raise AnalysisError(f"input size must be S, (H, W) or (C, H, W), got {size}")
 
 
 def format_table(rows: Sequence[ComplexityRow]) -> str:

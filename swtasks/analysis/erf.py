@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import AnalysisError, AnalysisInputNotFound, MissingPackageError
 from .progress import Progress
 
 __all__ = [
@@ -81,7 +82,7 @@ def erf_map(model: nn.Module, batches: Iterable[torch.Tensor], *, progress: Prog
     finally:
         model.train(was_training)
     if total is None:
-        raise ValueError("no images: the image source gave no batch")
+        raise AnalysisError("no images: the image source gave no batch")
     return total
 
 
@@ -102,7 +103,7 @@ def area_ratios(scaled: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) ->
     out = {}
     for t in thresholds:
         if not 0 < t < 1:
-            raise ValueError(f"thresholds must be in (0, 1), got {t}")
+            raise AnalysisError(f"thresholds must be in (0, 1), got {t}")
         side, ratio = None, 1.0
         for r in range(max(h, w)):
             top, left = max(ch - r, 0), max(cw - r, 0)
@@ -127,11 +128,11 @@ def noise_images(seed: int = 0) -> ImageSource:
 
 def _list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist or is not a folder")
+        raise AnalysisInputNotFound(f"image folder {folder} does not exist or is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise FileNotFoundError(f"image folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched "
-                                "recursively)")
+        raise AnalysisInputNotFound(f"image folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}, "
+                                    "searched recursively)")
     return files
 
 
@@ -147,13 +148,13 @@ def folder_images(folder: str | os.PathLike, mean: Sequence[float], std: Sequenc
 
     def source(start: int, count: int, size: int) -> torch.Tensor:
         if start + count > len(files):
-            raise ValueError(f"asked for {start + count} images but {root} holds only {len(files)}")
+            raise AnalysisError(f"asked for {start + count} images but {root} holds only {len(files)}")
         out = []
         for p in files[start : start + count]:
             try:
                 img = decode_image(str(p), mode=ImageReadMode.RGB)
             except RuntimeError as e:
-                raise ValueError(f"cannot decode image {p}: {e}") from None
+                raise AnalysisError(f"cannot decode image {p}: {e}") from None
             img = F.interpolate(img[None].float() / 255.0, size=(size, size), mode="bilinear", antialias=True,
                                 align_corners=False)[0]
             out.append((img - m) / s)
@@ -254,11 +255,11 @@ def run_erf(
     from swtasks.models import get_data_config
 
     if images < 1 or image_size < 1 or batch_size < 1:
-        raise ValueError(f"images, image_size and batch_size must be >= 1, got {images}, {image_size}, {batch_size}")
+        raise AnalysisError(f"images, image_size and batch_size must be >= 1, got {images}, {image_size}, {batch_size}")
     checkpoints = dict(checkpoints or {})
     unknown = sorted(set(checkpoints) - set(models))
     if unknown:
-        raise ValueError(f"checkpoints given for models that are not run: {unknown}")
+        raise AnalysisError(f"checkpoints given for models that are not run: {unknown}")
     dev = torch.device(device)
     results = []
     with Progress(len(models) * images, "ERF", disable=not show_progress, unit="img") as bar:
@@ -313,8 +314,8 @@ def check_plotting() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ImportError("drawing ERF heatmaps needs matplotlib: pip install 'swtasks[cls]' (or matplotlib); "
-                          "or pass --no-plot to write only the CSV and the raw maps") from None
+        raise MissingPackageError("drawing ERF heatmaps needs matplotlib: pip install 'swtasks[cls]' (or "
+                                  "matplotlib); or pass --no-plot to write only the CSV and the raw maps") from None
 
 
 def plot_erfs(results: Sequence[ErfResult], out_dir: str | os.PathLike, combined: str = "erf.png") -> list[Path]:

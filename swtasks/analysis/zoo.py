@@ -14,6 +14,8 @@ import csv
 import os
 from collections.abc import Sequence
 
+from .errors import AnalysisError, AnalysisInputNotFound
+
 __all__ = ["PUBLISHED_TOP1", "zoo_table"]
 
 # ImageNet-1K top-1 at 224 px of the published models (the registry name of the variant that reproduces them).
@@ -47,6 +49,8 @@ PUBLISHED_TOP1 = {
 def _read_csv(path: str | os.PathLike | None) -> list[dict]:
     if not path:
         return []
+    if not os.path.isfile(path):
+        raise AnalysisInputNotFound(f"{path} does not exist or is not a file")
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -71,7 +75,7 @@ def zoo_table(models: Sequence[str], benchmark_csv: str | os.PathLike | None = N
     baseline = next((r["baseline"] for r in bench if r.get("baseline")), "")
     col = f"t{erf_threshold}"
     if erfs and col not in next(iter(erfs.values())):
-        raise ValueError(f"{erf_csv} has no column {col!r}")
+        raise AnalysisError(f"{erf_csv} has no column {col!r}")
     base = f" vs {baseline}" if baseline else ""
     head = ["model", "params (M)", f"GMACs @{image_size}", "published top-1", f"inference, deploy{base}",
             f"training step{base}", f"ERF area ratio (t={erf_threshold})"]

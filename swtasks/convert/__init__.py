@@ -20,9 +20,15 @@ from swtasks.checkpoint import (
     save_weights,
     select_weights,
 )
+from swtasks.errors import UserError
 from swtasks.models import checkpoint_adapter, create_model, family_of, list_models
 
-__all__ = ["convert_checkpoint_file", "sources"]
+__all__ = ["ConversionError", "convert_checkpoint_file", "sources"]
+
+
+class ConversionError(UserError, ValueError):
+    """A conversion that cannot be done as asked: an unknown source, a model of another family, a file that
+    is not in the source's layout (a ValueError too, as these always were)."""
 
 
 def sources() -> dict[str, str]:
@@ -53,23 +59,29 @@ def convert_checkpoint_file(
     structure) and write ``{"state_dict", "meta"}`` to ``dst_path`` atomically; returns the meta dict.
     ``num_classes`` defaults to the file's classifier size. Raises ValueError for an unknown source, a model
     of another family or a file that is not in the source's layout, CheckpointMismatchError when it does not
-    fit the model (every key listed), CheckpointError when the file cannot be read weights-only."""
+    fit the model (every key listed), CheckpointError when the file cannot be read weights-only (all three
+    are :class:`swtasks.errors.UserError`; the first is :class:`ConversionError`, a ValueError)."""
     known = sources()
     if source not in known:
-        raise ValueError(f"unknown checkpoint source {source!r}; supported: {', '.join(known) or '(none)'}")
+        raise ConversionError(f"unknown checkpoint source {source!r}; supported: {', '.join(known) or '(none)'}")
     family = known[source]
     if family_of(model) != family:
-        raise ValueError(f"--source {source} converts {family}_* models, not {model!r}")
+        raise ConversionError(f"--source {source} converts {family}_* models, not {model!r}")
     src_path = os.fspath(src_path)
     sd = extract_state_dict(read_checkpoint(src_path, trust_pickle=trust_pickle), source=src_path)
     adapter = checkpoint_adapter(model)
     net = create_model(model, **overrides)
     weights, _ = select_weights(sd, net.state_dict().keys(), source=src_path)
     if not adapter.detect(weights):
-        raise ValueError(f"{src_path} is not in the {source} layout (no key of that layout found)")
+        raise ConversionError(f"{src_path} is not in the {source} layout (no key of that layout found)")
     if "num_classes" not in overrides:
         key = _classifier_key(net)
-        converted = adapter.convert(weights, net)
+        try:
+            converted = adapter.convert(weights, net)
+        except ValueError as e:  # an adapter's refusal of the file (its documented error)
+            if isinstance(e, UserError):
+                raise
+            raise ConversionError(f"{src_path}: {e}") from e
         if key and key in converted and converted[key].shape[0] != net.state_dict()[key].shape[0]:
             overrides["num_classes"] = int(converted[key].shape[0])
             net = create_model(model, **overrides)

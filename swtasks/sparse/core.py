@@ -47,7 +47,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from swtasks.errors import UserError
 from swtasks.layers import ShiftWiseConv2d
+
+
+class SparsityError(UserError, ValueError):
+    """A sparse-training setting out of range, a model without layers to sparsify, or a saved sparsity state
+    that does not fit the model (a ValueError too, as these always were)."""
 
 __all__ = ["KernelSparsity", "masks_from_weights", "shiftwise_layers", "snip_scores"]
 
@@ -114,7 +120,7 @@ def snip_scores(
     """
     layers = dict(shiftwise_layers(model) if layers is None else layers)
     if not layers:
-        raise ValueError("the model has no training-form ShiftWiseConv2d layer to score")
+        raise SparsityError("the model has no training-form ShiftWiseConv2d layer to score")
     inputs, targets = _split_batch(batch)
     saved_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     saved_masks = {
@@ -176,21 +182,22 @@ def check_schedule(
     sparsity: float, total_steps: int | None, update_interval: int | None, prune_rate: float,
     final_prune_rate: float, dense_threshold: float,
 ) -> None:
-    """ValueError naming the first bad setting of a dynamic-sparsity schedule (shared by every method)."""
+    """SparsityError (a ValueError) naming the first bad setting of a dynamic-sparsity schedule (shared by every
+    method)."""
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        raise SparsityError(f"sparsity must be in [0, 1), got {sparsity!r}")
     if update_interval is not None and (not isinstance(update_interval, int) or update_interval <= 0):
-        raise ValueError(f"update_interval must be a positive int or None, got {update_interval!r}")
+        raise SparsityError(f"update_interval must be a positive int or None, got {update_interval!r}")
     if update_interval is not None and (not isinstance(total_steps, int) or total_steps <= 0):
-        raise ValueError(
+        raise SparsityError(
             f"total_steps must be a positive int when update_interval is set (the prune rate decays over it), "
             f"got {total_steps!r}"
         )
     for arg, value in (("prune_rate", prune_rate), ("final_prune_rate", final_prune_rate)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{arg} must be in [0, 1], got {value!r}")
+            raise SparsityError(f"{arg} must be in [0, 1], got {value!r}")
     if not 0.0 < dense_threshold <= 1.0:
-        raise ValueError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
+        raise SparsityError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
 
 
 class KernelSparsity:
@@ -228,13 +235,13 @@ class KernelSparsity:
     ):
         check_schedule(sparsity, total_steps, update_interval, prune_rate, final_prune_rate, dense_threshold)
         if align_interval is not None and (not isinstance(align_interval, int) or align_interval <= 0):
-            raise ValueError(f"align_interval must be a positive int or None, got {align_interval!r}")
+            raise SparsityError(f"align_interval must be a positive int or None, got {align_interval!r}")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module  # score and name layers on the plain module (checkpoint names)
         self.model = model
         self.layers = shiftwise_layers(model)
         if not self.layers:
-            raise ValueError("the model has no training-form ShiftWiseConv2d layer to sparsify")
+            raise SparsityError("the model has no training-form ShiftWiseConv2d layer to sparsify")
         self.sparsity = float(sparsity)
         self.total_steps = total_steps
         self.update_interval = update_interval
@@ -475,7 +482,7 @@ class KernelSparsity:
             if n in self.layers and tuple(m.shape) != tuple(self.layers[n].weight.shape[:2])
         ]
         if unknown or bad:
-            raise ValueError(
+            raise SparsityError(
                 "sparsity state does not fit this model: "
                 + "; ".join(
                     ([f"unknown layers {unknown}"] if unknown else [])

@@ -53,7 +53,14 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .core import KernelSparsity, _split_batch, _unwrap_optimizers, check_schedule, reset_optimizer_state
+from .core import (
+    KernelSparsity,
+    SparsityError,
+    _split_batch,
+    _unwrap_optimizers,
+    check_schedule,
+    reset_optimizer_state,
+)
 
 __all__ = [
     "MASK_SUFFIX",
@@ -257,15 +264,15 @@ class UnstructuredSparsity:
     ):
         check_schedule(sparsity, total_steps, update_interval, prune_rate, final_prune_rate, dense_threshold)
         if init not in ("snip", "erk", "uniform"):
-            raise ValueError(f"init must be 'snip', 'erk' or 'uniform', got {init!r}")
+            raise SparsityError(f"init must be 'snip', 'erk' or 'uniform', got {init!r}")
         if align_interval is not None:
-            raise ValueError("align_interval: unstructured sparsity has no paths to align; give None")
+            raise SparsityError("align_interval: unstructured sparsity has no paths to align; give None")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         self.model = model
         self.layers = maskable_layers(model, include)
         if not self.layers:
-            raise ValueError("the model has no conv or linear layer to sparsify")
+            raise SparsityError("the model has no conv or linear layer to sparsify")
         accept_weight_masks(model)
         self.sparsity = float(sparsity)
         self.total_steps = total_steps
@@ -412,7 +419,7 @@ class UnstructuredSparsity:
         bad = [f"{n}: {tuple(m.shape)} vs {tuple(self.layers[n].weight.shape)}" for n, m in masks.items()
                if n in self.layers and tuple(m.shape) != tuple(self.layers[n].weight.shape)]
         if unknown or bad:
-            raise ValueError("sparsity state does not fit this model: " + "; ".join(
+            raise SparsityError("sparsity state does not fit this model: " + "; ".join(
                 ([f"unknown layers {unknown}"] if unknown else []) + ([f"mis-shaped masks {bad}"] if bad else [])))
         with torch.no_grad():
             for name, layer in self.layers.items():
