@@ -318,6 +318,21 @@ def test_every_kind_of_image_file(tmp_path):
     px = np.asarray(read_rgb(str(tmp_path / "gray16.png")))
     assert px.shape == (8, 8, 3) and (px[:, :4] == 255).all() and (px[:, 4:] == 128).all()  # scaled, not clipped
 
+    # 32-bit float (a float TIFF, mode F): [0, 1] scaled by 255 (PIL's own conversion made it all black);
+    # any other range is refused with the range named (there is no one right reading of it)
+    Image.fromarray(np.array([[0.0, 0.25], [0.5, 1.0]], np.float32), "F").save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "float.tif").mode == "F"
+    px = np.asarray(read_rgb(str(tmp_path / "float.tif")))
+    assert px.shape == (2, 2, 3) and (px[..., 0] == [[0, 64], [128, 255]]).all() and (px[..., 0] == px[..., 2]).all()
+    Image.fromarray(np.array([[0.0, 300.0]], np.float32), "F").save(tmp_path / "float_hdr.tif")
+    with pytest.raises(ValueError, match=r"32-bit float image with values in \[0, 300\]"):
+        read_rgb(str(tmp_path / "float_hdr.tif"))
+    Image.fromarray(np.array([[0.0, np.nan]], np.float32), "F").save(tmp_path / "float_nan.tif")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        read_rgb(str(tmp_path / "float_nan.tif"))
+    with pytest.raises(InputError, match=r"cannot read image .*float_hdr.tif: 32-bit float image"):
+        ImageFolderDataset([(str(tmp_path / "float_hdr.tif"), 0)], ["a"])[0]
+
     Image.fromarray(np.full((6, 6), 77, np.uint8), "L").save(tmp_path / "gray.png")
     assert (np.asarray(read_rgb(str(tmp_path / "gray.png"))) == 77).all()
 

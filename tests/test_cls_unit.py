@@ -158,6 +158,28 @@ def test_scan_split_errors(tmp_path):
         scan_split(tmp_path / "train", "training")
 
 
+def test_scan_split_follows_symlinks_once_and_never_into_a_loop(tmp_path):
+    """A symlinked directory is followed once per real directory, never back up into the class folder or its
+    parents (a loop used to multiply 24 images into 984); symlinked files and directories elsewhere count."""
+    split = tmp_path / "train"
+    for c in ("a", "b"):
+        for i in range(3):
+            _png(split / c / f"{i}.png")
+    (split / "a" / "loop").symlink_to(split / "a", target_is_directory=True)  # a/loop -> a
+    (split / "a" / "up").symlink_to(split, target_is_directory=True)  # a/up -> the split folder
+    (split / "b" / "sub").mkdir()
+    (split / "b" / "sub" / "back").symlink_to(split / "b", target_is_directory=True)  # b/sub/back -> b
+    extra = tmp_path / "elsewhere"
+    _png(extra / "x.png")
+    (split / "b" / "more").symlink_to(extra, target_is_directory=True)  # a real directory outside: followed
+    (split / "b" / "again").symlink_to(extra, target_is_directory=True)  # the same one twice: followed once
+    (split / "a" / "linked.png").symlink_to(extra / "x.png")  # a symlinked file: read through the link
+    classes, samples = scan_split(split, "training")
+    names = sorted(os.path.relpath(p, split) for p, _ in samples)
+    assert classes == ["a", "b"]
+    assert names == ["a/0.png", "a/1.png", "a/2.png", "a/linked.png", "b/0.png", "b/1.png", "b/2.png", "b/again/x.png"]
+
+
 def _dm(root, **kw):
     cfg = {"input_size": (3, 16, 16), "crop_pct": 1.0, "interpolation": "bilinear"}
     return ImageClassificationDataModule(root=str(root), num_workers=0, batch_size=2, data_config=cfg, **kw)

@@ -4,7 +4,9 @@ Folder layout (ImageNet): ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*
 folder names in both; the sorted names give the label ids, like torchvision's ImageFolder).
 
 Every image is decoded to 8-bit RGB by :func:`read_rgb` (grayscale, palette, CMYK converted; 16-bit
-scaled, not clipped; alpha composited onto white; more than ``max_image_pixels`` refused before decoding).
+scaled, not clipped; 32-bit float in [0, 1] scaled, other float ranges refused; alpha composited onto white;
+more than ``max_image_pixels`` refused before decoding). Symlinked directories are followed once per real
+directory and never back up into a loop.
 Corrupt, truncated or refused images: ``corrupt_images="error"`` (default) stops with an error that names
 the file; ``"skip"`` replaces the sample by the next readable one and warns with the file name and a
 running count (per data-loader worker). The default is to stop because a silently shrinking dataset
@@ -60,6 +62,9 @@ def read_rgb(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Im
     - RGB, grayscale (1, L), palette (P), CMYK, YCbCr, LAB, HSV: PIL's conversion to RGB;
     - 16-bit (and 32-bit integer) grayscale: scaled to 8 bits (v * 255 / 65535), not clipped at 255;
       16-bit colour PNGs are reduced to 8 bits by PIL when it opens them;
+    - 32-bit float grayscale (mode F, e.g. a float TIFF): values in [0, 1] scaled by 255; any other range
+      (or NaN / inf) is refused (ValueError naming the range): there is no one right reading of it, and
+      PIL's own conversion would clip [0, 1] floats to an all-black image;
     - an alpha channel (RGBA, LA, PA, or a palette / tRNS transparency): composited onto white;
     - more than ``max_pixels`` pixels: refused before decoding (OSError naming the size);
     - truncated or corrupt files: the decoder's OSError.
@@ -74,10 +79,26 @@ def read_rgb(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Im
     if img.mode in _INT_MODES:
         arr = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = _float_to_l(img)
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _float_to_l(img: Image.Image) -> Image.Image:
+    """A 32-bit float grayscale image (mode F) as 8-bit L: [0, 1] scaled by 255, anything else refused."""
+    arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("32-bit float image with NaN or infinite values")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"32-bit float image with values in [{lo:g}, {hi:g}]: only floats in [0, 1] are read (scaled by 255); "
+            "convert it to 8 or 16 bits, or to [0, 1]"
+        )
+    return Image.fromarray(np.rint(arr * 255.0).astype(np.uint8), "L")
 
 
 def _list_classes(split_dir: Path) -> list[str]:
@@ -89,9 +110,23 @@ def _is_image(name: str) -> bool:
 
 
 def _images_under(folder: Path) -> list[str]:
+    """The image files under ``folder``, any depth, sorted; hidden names are skipped. Symlinked files are
+    read through their link; a symlinked directory is followed once per real directory, and never when it
+    leads back to ``folder`` or above it: a symlink loop cannot multiply the samples."""
     out = []
+    top = os.path.realpath(folder)
+    seen = {top}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen or os.path.commonpath([top, real]) == real:  # walked already, or a way back up
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         out += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
     return out
 
