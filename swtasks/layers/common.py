@@ -1,5 +1,5 @@
 """Small building blocks shared by the backbones: LayerNorm (channels-first/last), GRN, SE, DropPath,
-layout permutes and BatchNorm folding helpers.
+layout permutes, BatchNorm folding helpers and `is_traced` (whether eager-only checks and paths step aside).
 
 Parameter names and shapes follow UniRepLKNet's reference modules, so state dicts map one to one:
 `LayerNorm.weight/bias` (C,), `GRN.gamma/beta` (1, 1, 1, C), `SEBlock.down/up` (1x1 convs with bias).
@@ -21,8 +21,18 @@ __all__ = [
     "ToChannelsLast",
     "bn_scale_shift",
     "drop_path",
+    "is_traced",
     "trunc_normal_",
 ]
+
+
+def is_traced(x: object = None) -> bool:
+    """Whether the code runs under a tracer or compiler rather than eagerly: ``x`` is a torch.fx Proxy
+    (symbolic tracing: timm's and torchvision's FX feature extraction, FX quantization), or torch.jit
+    tracing / scripting, torch.compile or torch.export is running. Eager-only input checks and eager-only
+    fast paths step aside then (a Proxy has no values to check, and a graph should hold the standard path)."""
+    return (isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting() or torch.jit.is_tracing()
+            or torch.compiler.is_compiling())
 
 
 class LayerNorm(nn.Module):

@@ -94,15 +94,24 @@ def _per_warehouse(value, n: int, name: str) -> list:
     return value
 
 
+def _attention_batch_norm(bn: AttentionBatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """AttentionBatchNorm1d's forward. A single call in a torch.fx graph (torch.fx.wrap below): whether a
+    training batch has one sample is known only when the graph runs."""
+    if bn.training and x.shape[0] == 1 and bn.track_running_stats and bn.running_mean is not None:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return nn.BatchNorm1d.forward(bn, x)
+
+
+torch.fx.wrap("_attention_batch_norm")
+
+
 class AttentionBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d that also works on a single-sample training batch: such a batch is normalised with the
     running statistics, which are left unchanged (as in eval mode); nn.BatchNorm1d raises there. Any
     other batch is plain BatchNorm1d. Same parameters and buffers, so published weights load as they are."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] == 1 and self.track_running_stats and self.running_mean is not None:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        return super().forward(x)
+        return _attention_batch_norm(self, x)
 
 
 def one_hot_assignment(num_mixtures: int, num_cells: int, start: int, cell_num_ratio: float) -> tuple[list[int], int]:
@@ -311,11 +320,12 @@ class KWConvNd(nn.Module):
             return self._forward_unfolded(x, self.static_kernel(alpha))
         weight = self.static_kernel(alpha).reshape(-1, self.in_planes // self.groups, *self.kernel_size)
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.dimension - 1]
+        # shapes as tuples (not *-unpacked), so torch.fx can trace them
         y = conv(
-            x.reshape(1, -1, *x.shape[2:]), weight, None, self.stride, self.padding, self.dilation,
+            x.reshape((1, -1) + x.shape[2:]), weight, None, self.stride, self.padding, self.dilation,
             self.groups * b,
         )
-        y = y.reshape(b, self.out_planes, *y.shape[2:])
+        y = y.reshape((b, self.out_planes) + y.shape[2:])
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, *([1] * self.dimension)).to(y.dtype)
         return y
@@ -376,7 +386,7 @@ class KWLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         y = self.conv(x.reshape(shape[0], -1, shape[-1]).transpose(1, 2))
-        return y.transpose(1, 2).reshape(*shape[:-1], -1)
+        return y.transpose(1, 2).reshape(shape[:-1] + (-1,))
 
 
 _KW_TYPES = {"conv1d": KWConv1d, "conv2d": KWConv2d, "conv3d": KWConv3d, "linear": KWLinear}

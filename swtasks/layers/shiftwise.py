@@ -54,9 +54,15 @@ from ..ops.shiftwise import (
     rep_channel_count,
     shiftwise_tables,
 )
-from .common import bn_scale_shift
+from .common import bn_scale_shift, is_traced
 
 __all__ = ["ShiftWiseConv2d"]
+
+# torch.fx symbolic tracing records these two as single calls (their work depends on concrete shapes and
+# devices: the kernel tables' checks, the strip planning, the backend dispatch) and runs them as they are
+# when the traced graph runs; the rest of the module is traced as usual.
+torch.fx.wrap("build_cross_kernels")
+torch.fx.wrap("cross_conv")
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -262,7 +268,8 @@ class ShiftWiseConv2d(nn.Module):
                     deterministic=self.deterministic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        if not is_traced(x):
+            self._check_input(x)
         full = self.ghost_channels == 0
         x_r = x if full else x.index_select(1, self.rep_idx)
         if self.deploy:

@@ -11,6 +11,8 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from swtasks.layers.common import is_traced
+
 from .registry import ModelConfigError
 
 __all__ = ["FeatureInfo", "as_stage_tuple", "check_classifier_reset", "check_head_args", "check_image_input",
@@ -79,7 +81,11 @@ def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, total_stride: int) -> None:
-    """ValueError naming the shape unless x is (B, in_chans, H, W) with H, W >= total_stride."""
+    """ValueError naming the shape unless x is (B, in_chans, H, W) with H, W >= total_stride. Eager calls
+    only: under a tracer or compiler (a torch.fx Proxy, torch.jit tracing, torch.compile / torch.export;
+    swtasks.layers.common.is_traced) there are no values to check and the graph holds no check."""
+    if is_traced(x):
+        return
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"expected an image batch of shape (B, {in_chans}, H, W), got {shape}")

@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from swtasks.layers.common import is_traced
 from swtasks.ops.cross_torch import strip_convs, strip_input, strip_output
 from swtasks.ops.options import resolve_options
 
@@ -55,7 +56,7 @@ def use_nchw_path(x: torch.Tensor) -> bool:
     """Whether a block runs this path for input `x`: 4-D CPU tensors in eager mode. Not while tracing,
     scripting, exporting or compiling: its autograd Functions are opaque to those (the module path is the
     same function in standard operators, which is what an exported or compiled graph should hold)."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if is_traced(x):  # also a torch.fx Proxy (symbolic tracing)
         return False
     return x.device.type == "cpu" and x.dim() == 4
 
