@@ -37,8 +37,11 @@ try:
 except ImportError as _err:  # an optional extra
     raise ImportError(f"swtasks.timm needs timm ({_err}): pip install 'swtasks[timm]'") from _err
 
+import torch.nn as nn
+
 import swtasks
 from swtasks.checkpoint import CheckpointMismatchError, classifier_name, format_mismatch, load_into
+from swtasks.layers.kernel_warehouse import KWConvNd, KWLinear
 from swtasks.models import ModelConfigError, get_data_config, list_models
 
 __all__ = ["PREFIX", "default_cfgs", "main", "register_timm_models", "swtasks_name"]
@@ -80,6 +83,26 @@ def _load_pretrained(model, source, timm_name: str) -> None:
         )
 
 
+def _module_with_weight(model: nn.Module, name: str | None) -> str | tuple[()]:
+    """``name`` for timm's cfg fields that name a layer by its ``<name>.weight`` (first_conv, classifier);
+    () for none or a KernelWarehouse layer (its kernel is drawn from a warehouse shared with other layers)."""
+    if name is None or isinstance(model.get_submodule(name), (KWConvNd, KWLinear)):
+        return ()
+    return name
+
+
+def _protocol_cfg(model: nn.Module, input_size) -> dict[str, Any]:
+    """The pretrained_cfg fields timm's model protocol reads besides the data config: pool_size (the size of
+    forward_features' map at input_size), first_conv (the stem convolution) and classifier."""
+    stride = getattr(model, "total_stride", 32)
+    stem = next((n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, KWConvNd))), None)
+    cfg = {"pool_size": tuple(int(s) // stride for s in input_size[1:]),
+           "first_conv": _module_with_weight(model, stem)}
+    if not getattr(model, "features_only", False):
+        cfg["classifier"] = _module_with_weight(model, classifier_name(model))
+    return cfg
+
+
 def _create(name: str, pretrained: bool, pretrained_cfg, pretrained_cfg_overlay, kwargs: dict[str, Any]):
     timm_name = PREFIX + name
     cfg = resolve_pretrained_cfg(timm_name, pretrained_cfg=pretrained_cfg,
@@ -115,6 +138,7 @@ def _create(name: str, pretrained: bool, pretrained_cfg, pretrained_cfg_overlay,
         model = model.to(device=device, dtype=dtype)
     timm_cfg = {**cfg.to_dict(), **{k: v for k, v in model.pretrained_cfg.items() if k in _CFG_KEYS}}
     timm_cfg["architecture"] = timm_name
+    timm_cfg.update(_protocol_cfg(model, timm_cfg["input_size"]))
     if features_only:
         for key in ("num_classes", "classifier", "global_pool"):
             timm_cfg.pop(key, None)

@@ -550,6 +550,19 @@ class WarehouseManager(nn.Module):
                 )
         self.allocated = True
 
+    def remove_last_warehouse(self) -> None:
+        """Remove the last warehouse, whose layers are gone (KW MobileNetV2 1/2x's classifier, which draws
+        from a warehouse of its own, when reset_classifier replaces it); the others keep their ids."""
+        if not self.weights:
+            raise RuntimeError("WarehouseManager.remove_last_warehouse(): no warehouse to remove")
+        name = self.warehouse_names.pop()
+        self._shapes.pop(name)
+        self._dims.pop(name)
+        self.weights = nn.ParameterList(list(self.weights)[:-1])
+        self.cell_shapes = self.cell_shapes[:-1]
+        self.per_warehouse = {k: v[:-1] for k, v in self.per_warehouse.items()}
+        self.users = self.users[:-1]
+
     def take_cell(self, warehouse_id: int) -> torch.Tensor:
         return self.weights[warehouse_id]
 

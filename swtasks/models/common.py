@@ -15,8 +15,12 @@ from swtasks.layers.common import is_traced
 
 from .registry import ModelConfigError
 
-__all__ = ["FeatureInfo", "as_stage_tuple", "check_classifier_reset", "check_head_args", "check_image_input",
-           "checkpoint_block", "sync_num_classes"]
+__all__ = ["GLOBAL_POOLS", "FeatureInfo", "as_stage_tuple", "check_classifier_reset", "check_global_pool",
+           "check_head_args", "check_image_input", "checkpoint_block", "sync_num_classes"]
+
+# timm's global_pool values the classifiers take: 'avg' (global average pooling, the default) and '' (none:
+# the head runs at every position of the last map, forward returns (B, C, H, W))
+GLOBAL_POOLS = ("avg", "")
 
 
 class FeatureInfo(list):
@@ -113,6 +117,13 @@ def check_head_args(in_chans: Any, num_classes: Any, features_only: bool, out_in
                           or any(not 0 <= i < 4 for i in out_indices)):
         raise ModelConfigError(f"out_indices must be distinct stage indices in 0..3, got {out_indices}")
     return out_indices
+
+
+def check_global_pool(global_pool: Any) -> str:
+    """The classifier's pooling (GLOBAL_POOLS: 'avg', or '' for none); ModelConfigError naming others."""
+    if global_pool not in GLOBAL_POOLS:
+        raise ModelConfigError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+    return global_pool
 
 
 def check_classifier_reset(model: nn.Module, num_classes: Any) -> None:

@@ -84,6 +84,7 @@ class ConvNeXt(FourStageNet):
         deploy: accepted for the registry's interface; there is no deploy form.
         features_only, out_indices: return NCHW maps of the given stages, each through LayerNorm ``norm{i}``.
         grad_checkpointing: activation checkpointing per block.
+        global_pool: the classifier's pooling, 'avg' or '' (none: the head at every position; timm's).
     """
 
     def __init__(
@@ -99,12 +100,13 @@ class ConvNeXt(FourStageNet):
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         grad_checkpointing: bool = False,
+        global_pool: str = "avg",
     ):
         super().__init__()
         rates = self._setup(
             in_chans=in_chans, num_classes=num_classes, depths=depths, dims=dims, drop_path_rate=drop_path_rate,
             deploy=deploy, features_only=features_only, out_indices=out_indices,
-            grad_checkpointing=grad_checkpointing,
+            grad_checkpointing=grad_checkpointing, global_pool=global_pool,
         )
         depths, dims = self.depths, self.dims
         self._before_layers()

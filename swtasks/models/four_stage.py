@@ -30,6 +30,7 @@ from .common import (
     FeatureInfo,
     as_stage_tuple,
     check_classifier_reset,
+    check_global_pool,
     check_head_args,
     check_image_input,
     checkpoint_block,
@@ -161,6 +162,7 @@ class FourStageNet(nn.Module):
         features_only: bool,
         out_indices: Sequence[int],
         grad_checkpointing: bool,
+        global_pool: str = "avg",
         min_dim: int = 1,
     ) -> list[float]:
         """Check and store the common arguments; return the per-block drop-path rates (linear from 0)."""
@@ -181,7 +183,9 @@ class FourStageNet(nn.Module):
         self.out_indices = out_indices if features_only else (0, 1, 2, 3)
         self.grad_checkpointing = grad_checkpointing
         self.total_stride = 32
-        self.num_features = dims[-1]
+        self.global_pool = check_global_pool(global_pool)
+        # timm's names: the width of forward_features' map and of the pre-logits
+        self.num_features = self.head_hidden_size = dims[-1]
         return torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist() if sum(depths) else []
 
     def _build_outputs(self, head_init_scale: float = 1.0) -> None:
@@ -233,9 +237,13 @@ class FourStageNet(nn.Module):
         return outs if self.features_only else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> LayerNorm -> classifier; pre_logits=True stops before the classifier."""
+        """Global average pool -> LayerNorm -> classifier; pre_logits=True stops before the classifier.
+        With global_pool='' no pooling: LayerNorm and classifier at every position, (B, C, H, W) out."""
         if self.features_only:
             raise RuntimeError("a features_only model has no classification head")
+        if not self.global_pool:
+            x = self.norm(x.permute(0, 2, 3, 1))
+            return (x if pre_logits else self.head(x)).permute(0, 3, 1, 2)
         x = self.norm(x.mean(dim=(-2, -1)))
         return x if pre_logits else self.head(x)
 
@@ -247,15 +255,20 @@ class FourStageNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a freshly initialised one with `num_classes` outputs (0: none)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a freshly initialised one with `num_classes` outputs (0: none), on the
+        model's device and dtype and in its training mode; `global_pool` ('avg' or '' for none; None keeps
+        the current one) as timm's."""
         check_classifier_reset(self, num_classes)
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool)
         ref = self.norm.weight
         self.num_classes = num_classes
         self.head = nn.Identity()
         if num_classes > 0:
             self.head = nn.Linear(self.num_features, num_classes).to(device=ref.device, dtype=ref.dtype)
             self._init_weights(self.head)
+            self.head.train(self.training)
         sync_num_classes(self, num_classes)
 
     def no_weight_decay(self) -> set[str]:

@@ -162,7 +162,7 @@ KW_VARIANTS["kw_convnext_t_1x"] = (
     dict(reduction=0.0625, **_ratios(1), sharing_range=("layer", "pwconv")), (39.37, 82.51))
 
 _COMMON = ("num_classes", "drop_path_rate", "deploy", "features_only", "out_indices", "in_chans",
-           "grad_checkpointing", *_KW_KEYS)
+           "grad_checkpointing", "global_pool", *_KW_KEYS)
 _ACCEPTED = {
     ResNet: (*_COMMON, "depths", "drop_rate"),
     MobileNetV2: (*_COMMON, "drop_rate"),

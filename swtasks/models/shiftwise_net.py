@@ -184,6 +184,7 @@ class ShiftWiseNet(FourStageNet):
         features_only, out_indices: return a list of NCHW maps of the given stages, each through its own
             LayerNorm(cf) `norm{i}`, instead of logits (no `norm` / `head`).
         grad_checkpointing: activation checkpointing per block (see set_grad_checkpointing).
+        global_pool: the classifier's pooling, 'avg' or '' (none: the head at every position; timm's).
         backend: the SW op backend ('torch', 'triton'; None: automatic).
         variant, dot_precision, deterministic: the SW op's Triton switches (see ShiftWiseConv2d).
     """
@@ -207,6 +208,7 @@ class ShiftWiseNet(FourStageNet):
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         grad_checkpointing: bool = False,
+        global_pool: str = "avg",
         backend: str | None = None,
         variant: str | None = None,
         dot_precision: str | None = None,
@@ -216,7 +218,8 @@ class ShiftWiseNet(FourStageNet):
         rates = self._setup(
             in_chans=in_chans, num_classes=num_classes, depths=depths, dims=dims, drop_path_rate=drop_path_rate,
             deploy=deploy, features_only=features_only, out_indices=out_indices,
-            grad_checkpointing=grad_checkpointing, min_dim=4,  # the SE block uses dim // 4 channels
+            grad_checkpointing=grad_checkpointing, global_pool=global_pool,
+            min_dim=4,  # the SE block uses dim // 4 channels
         )
         dims = self.dims
         self.kernel_sizes = tuple(int(k) for k in as_stage_tuple("kernel_sizes", kernel_sizes))

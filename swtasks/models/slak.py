@@ -90,7 +90,7 @@ class SLaK(FourStageNet):
         small_kernel: the strip width and the small square kernel (5).
         drop_path_rate, layer_scale_init_value, head_init_scale: as ConvNeXt's.
         deploy: build the re-parameterised (two-strip) structure.
-        features_only, out_indices, grad_checkpointing: as every registry backbone's.
+        features_only, out_indices, grad_checkpointing, global_pool: as every registry backbone's.
     """
 
     def __init__(
@@ -109,6 +109,7 @@ class SLaK(FourStageNet):
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         grad_checkpointing: bool = False,
+        global_pool: str = "avg",
     ):
         super().__init__()
         if not width_factor > 0:
@@ -119,7 +120,7 @@ class SLaK(FourStageNet):
             in_chans=in_chans, num_classes=num_classes, depths=depths,
             dims=tuple(int(d * width_factor) for d in self.base_dims), drop_path_rate=drop_path_rate,
             deploy=deploy, features_only=features_only, out_indices=out_indices,
-            grad_checkpointing=grad_checkpointing,
+            grad_checkpointing=grad_checkpointing, global_pool=global_pool,
         )
         dims = self.dims
         self.kernel_sizes = tuple(int(k) for k in as_stage_tuple("kernel_sizes", kernel_sizes))

@@ -41,6 +41,7 @@ from .common import (
     FeatureInfo,
     as_stage_tuple,
     check_classifier_reset,
+    check_global_pool,
     check_head_args,
     check_image_input,
     checkpoint_block,
@@ -144,8 +145,10 @@ class _Backbone(KWMixin, nn.Module):
 
     total_stride = 32
 
-    def _setup(self, in_chans, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, deploy):
+    def _setup(self, in_chans, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, deploy,
+               global_pool="avg"):
         out_indices = check_head_args(in_chans, num_classes, features_only, out_indices)
+        self.global_pool = check_global_pool(global_pool)
         if not 0.0 <= drop_rate < 1.0:
             raise ModelConfigError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         self.in_chans, self.num_classes = in_chans, num_classes
@@ -186,9 +189,12 @@ class _Backbone(KWMixin, nn.Module):
         return outs if self.features_only else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> classifier; pre_logits=True stops after pooling."""
+        """Global average pool -> dropout -> classifier; pre_logits=True stops after pooling. With
+        global_pool='' no pooling: the classifier at every position, (B, C, H, W) out."""
         if self.features_only:
             raise RuntimeError("a features_only model has no classification head")
+        if not self.global_pool:
+            return x if pre_logits else self._classify(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return x if pre_logits else self._classify(x)
 
@@ -301,6 +307,7 @@ class ResNet(_Backbone):
         kw: WarehouseManager settings (reduction, cell_num_ratio, cell_inplane_ratio, cell_outplane_ratio,
             sharing_range, nonlocal_basis_ratio); None builds the plain network.
         deploy: accepted for the registry's interface; there is no deploy form (reparameterize is a no-op).
+        global_pool: the classifier's pooling, 'avg' or '' (none: the classifier at every position; timm's).
     """
 
     def __init__(
@@ -316,6 +323,7 @@ class ResNet(_Backbone):
         out_indices: Sequence[int] = (0, 1, 2, 3),
         grad_checkpointing: bool = False,
         deploy: bool = False,
+        global_pool: str = "avg",
     ):
         super().__init__()
         if block not in ("basic", "bottleneck"):
@@ -325,7 +333,8 @@ class ResNet(_Backbone):
             raise ModelConfigError(f"depths must be >= 1, got {depths}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ModelConfigError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-        self._setup(in_chans, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, deploy)
+        self._setup(in_chans, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, deploy,
+                    global_pool)
         cls = BasicBlock if block == "basic" else Bottleneck
         self.block, self.depths = block, depths
         self.warehouse_manager = WarehouseManager(**kw) if kw is not None else None
@@ -351,7 +360,7 @@ class ResNet(_Backbone):
                 blocks.append(cls(inplanes, planes, 1, None, convs, s, index, False, drop_path_rate))
                 index += 1
             self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
-        self.num_features = inplanes
+        self.num_features = self.head_hidden_size = inplanes  # timm's names
         chans = [w * cls.expansion for w in widths]
         info = [{"num_chs": chans[i], "reduction": 4 * 2**i, "module": f"layer{i + 1}", "stage": i} for i in range(4)]
         self.feature_info = FeatureInfo(info[i] for i in self.out_indices)
@@ -382,11 +391,15 @@ class ResNet(_Backbone):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none), on the
+        model's device and dtype and in its training mode; ``global_pool`` as timm's (None keeps it)."""
         check_classifier_reset(self, num_classes)
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool)
         ref = self.bn1.weight
-        self.fc = (nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()).to(ref.device)
+        fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = fc.to(device=ref.device, dtype=ref.dtype).train(self.training)
         self.num_classes = num_classes
         sync_num_classes(self, num_classes)
 
@@ -469,6 +482,7 @@ class MobileNetV2(_Backbone):
         kw: WarehouseManager settings (None: the plain network); ``kw_pw_stages``: warehouse stages whose
             pointwise convolutions are KW (default all; the published 1/2x model: only stage 6);
             ``kw_classifier``: a KW classifier from its own warehouse (the published 1/2x model).
+        global_pool: the classifier's pooling, 'avg' or '' (none: the classifier at every position; timm's).
     """
 
     def __init__(
@@ -486,6 +500,7 @@ class MobileNetV2(_Backbone):
         out_indices: Sequence[int] = (0, 1, 2, 3),
         grad_checkpointing: bool = False,
         deploy: bool = False,
+        global_pool: str = "avg",
     ):
         super().__init__()
         if drop_path_rate:
@@ -496,16 +511,19 @@ class MobileNetV2(_Backbone):
             raise ModelConfigError("kw_classifier=True needs kw settings and classifier='sequential'")
         if not width_mult > 0:
             raise ModelConfigError(f"width_mult must be > 0, got {width_mult!r}")
-        self._setup(in_chans, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, deploy)
-        self.width_mult, self.classifier_kind, self.kw_classifier = width_mult, classifier, kw_classifier
-        if kw is not None and kw_classifier and features_only:
+        self._setup(in_chans, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, deploy,
+                    global_pool)
+        no_head = features_only or num_classes == 0
+        self.width_mult, self.classifier_kind = width_mult, classifier
+        self.kw_classifier = kw_classifier and not no_head  # whether the classifier is a KW layer
+        if kw is not None and kw_classifier and no_head:
             # no classifier, so no classifier warehouse: drop its entry from the per-warehouse settings
             kw = {k: v[:-1] if k != "sharing_range" and is_per_warehouse(v) else v for k, v in kw.items()}
         self.warehouse_manager = WarehouseManager(**kw) if kw is not None else None
         convs = _Convs(self.warehouse_manager)
         pw_stages = set(range(7)) if kw_pw_stages is None else set(kw_pw_stages)
         cin = make_divisible(32 * width_mult)
-        self.num_features = make_divisible(1280 * max(1.0, width_mult))
+        self.num_features = self.head_hidden_size = make_divisible(1280 * max(1.0, width_mult))
         features: list[nn.Module] = [ConvBNReLU(in_chans, cin, 3, 2, convs=convs, name="stage0_conv0")]
         strides, chans, stride = [2], [cin], 2
         index = 0
@@ -574,19 +592,30 @@ class MobileNetV2(_Backbone):
     def get_classifier(self) -> nn.Module:
         return self.classifier if self.classifier_kind == "linear" else self.classifier[1]
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none), on the
+        model's device and dtype and in its training mode; ``global_pool`` as timm's (None keeps it)."""
         check_classifier_reset(self, num_classes)
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool)
         if self.kw_classifier:
-            raise RuntimeError(
-                "this model's classifier is a KernelWarehouse layer sized with its own warehouse: create the "
-                f"model with num_classes={num_classes} instead of resetting the classifier"
-            )
+            # a KW classifier (the published 1/2x models) draws from the last warehouse, its own: the
+            # warehouse goes with it and the new classifier is a plain Linear
+            manager, wid = self.warehouse_manager, self.classifier[1].conv.warehouse_id
+            if wid != len(manager.weights) - 1 or len(manager.users[wid]) != 1:
+                raise RuntimeError(
+                    "this model's KernelWarehouse classifier shares its warehouse with other layers: create "
+                    f"the model with num_classes={num_classes} instead of resetting the classifier"
+                )
+            manager.remove_last_warehouse()
+            self.kw_classifier = False
         ref = self.features[0][1].weight
         self._make_classifier(num_classes, _Convs(None))
         for m in (self.classifier.modules()):
             self._init_weights(m)
-        self.classifier.to(ref.device)
+        self.classifier.to(device=ref.device, dtype=ref.dtype).train(self.training)
+        if self.classifier_kind == "linear":
+            self.dropout.train(self.training)
         self.num_classes = num_classes
         sync_num_classes(self, num_classes)
 
@@ -612,8 +641,8 @@ class MobileNetV2(_Backbone):
 # ------------------------------------------------------------------------------------------------------
 
 _CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear")
-_RESNET_ARGS = ("in_chans", "depths", "drop_rate", "grad_checkpointing")
-_MBV2_ARGS = ("in_chans", "drop_rate", "width_mult", "grad_checkpointing")
+_RESNET_ARGS = ("in_chans", "depths", "drop_rate", "grad_checkpointing", "global_pool")
+_MBV2_ARGS = ("in_chans", "drop_rate", "width_mult", "grad_checkpointing", "global_pool")
 _COMMON = ("num_classes", "drop_path_rate", "deploy", "features_only", "out_indices")
 
 
