@@ -89,6 +89,42 @@ def test_fit_validate_test_predict_and_resume(folder, tmp_path, monkeypatch, cap
         assert len(set(im.convert("L").getdata())) > 10  # thumbnails and text, not a blank canvas
 
 
+def _rows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return {r["file"]: (r["top1"], r["topk_probs"]) for r in csv.DictReader(f)}
+
+
+def test_predict_with_a_skipped_image_names_the_files_predicted(folder, tmp_path, monkeypatch, capsys):
+    """predict --data.corrupt_images skip: each row carries the file actually predicted (a skipped file's slot
+    held the next file's prediction under the skipped name), the skipped file has no row and the contact
+    sheet leaves it out (it used to fail on it)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    run_cli(["predict", *common(str(data), tmp_path / "clean")], monkeypatch)  # untrained, seed 0: same weights
+    clean = _rows(tmp_path / "clean" / "predictions.csv")
+    bad = data / "val" / "class_1" / "aa_broken.png"  # sorts first in its class: the next file stands in
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    capsys.readouterr()
+    run_cli(
+        ["predict", *common(str(data), tmp_path / "skip"), "--data.corrupt_images", "skip",
+         "--predictions.contact_sheet", "true", "--predictions.sheet_columns", "3", "--predictions.sheet_thumb", "64"],
+        monkeypatch,
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    rows = _rows(tmp_path / "skip" / "predictions.csv")
+    assert str(bad) not in rows and len(rows) == 9
+    assert rows == clean  # every file keeps its own prediction
+    assert f"1 unreadable file(s) skipped, without a row: {bad}" in out and "contact sheet written to" in out
+    from PIL import Image
+
+    with Image.open(tmp_path / "skip" / "contact_sheet.png") as im:
+        assert im.size == (3 * 64, 3 * (64 + 3 * 13 + 2 * 3))  # the 9 readable images
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .errors import InputError, NonFiniteLossError
@@ -458,6 +458,10 @@ class PredictionWriter(BasePredictionWriter):
     optionally a contact sheet (``swtasks.cls.contact_sheet``): the first ``sheet_images`` images in a grid
     of ``sheet_columns`` columns with their top-3 classes and probabilities.
 
+    Each row is one file, named by the index the data set reports for the image it actually read, in file
+    order: a file skipped as unreadable (``data.corrupt_images=skip``) gets no row and is not on the sheet
+    (``skipped`` lists them), and no file is listed twice.
+
     Args:
         output: the CSV path (default ``<default_root_dir>/predictions.csv``).
         contact_sheet: ``true`` writes ``contact_sheet.png`` next to the CSV; a string is the PNG path.
@@ -480,6 +484,7 @@ class PredictionWriter(BasePredictionWriter):
         self.sheet_images, self.sheet_columns, self.sheet_thumb = sheet_images, sheet_columns, sheet_thumb
         self.path: str | None = None
         self.sheet_path: str | None = None
+        self.skipped: list[str] = []  # files without a row (unreadable, skipped); one process only
 
     @staticmethod
     def _ranked(path: str, trainer) -> str:
@@ -497,12 +502,23 @@ class PredictionWriter(BasePredictionWriter):
         preds = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         idx_lists = batch_indices[0] if batch_indices and isinstance(batch_indices[0], list) else batch_indices
         rows = []  # (sample index, [(class, prob), ...])
+        unique = True
         for b, pred in enumerate(preds):
-            ids = idx_lists[b] if idx_lists else range(len(pred["indices"]))
+            if paths and "item" in pred:  # the file each image was read from (a skipped file's slot holds the next)
+                ids = [int(i) for i in pred["item"].tolist()]
+            elif idx_lists:
+                ids = idx_lists[b]
+            else:
+                ids, unique = range(len(pred["indices"])), False
             for row, i in enumerate(ids):
                 top = pred["indices"][row].tolist()
                 cls = [names[t] if t < len(names) else str(t) for t in top]
                 rows.append((i, list(zip(cls, pred["probs"][row].tolist()))))
+        if unique:  # one row per file (a skipped file's stand-in, a distributed sampler's padding), in file order
+            rows = sorted({i: top for i, top in reversed(rows)}.items())
+            if paths and trainer.world_size == 1:
+                done = {i for i, _ in rows}
+                self.skipped = [p for i, p in enumerate(paths) if i not in done]
         with open(out, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["index", "file", "top1", "topk_classes", "topk_probs"])
@@ -515,6 +531,8 @@ class PredictionWriter(BasePredictionWriter):
             self.sheet_path = self._write_sheet(trainer, out, rows, paths, set(names))
 
     def _write_sheet(self, trainer, csv_path: str, rows, paths, names: set[str]) -> str | None:
+        from PIL import Image
+
         from .contact_sheet import write_contact_sheet
         from .data import read_rgb
 
@@ -526,8 +544,20 @@ class PredictionWriter(BasePredictionWriter):
         else:
             target = os.path.join(os.path.dirname(os.path.abspath(csv_path)), "contact_sheet.png")
         target = self._ranked(target, trainer)
-        chosen = rows[: self.sheet_images]
-        images = [read_rgb(paths[i], None) for i, _ in chosen]
+        limit = getattr(getattr(trainer.datamodule, "hparams", None), "max_image_pixels", None)
+        chosen, images = [], []
+        for i, top in rows:
+            if len(images) == self.sheet_images:
+                break
+            try:
+                images.append(read_rgb(paths[i], limit))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:  # read for the CSV, unreadable now
+                rank_zero_warn(f"contact sheet: leaving out {paths[i]}, unreadable now: {e}")
+                continue
+            chosen.append((i, top))
+        if not images:
+            rank_zero_info("predictions.contact_sheet: no readable image to show; no sheet written")
+            return None
         truth = [os.path.basename(os.path.dirname(paths[i])) for i, _ in chosen]
         truth = [t if t in names else None for t in truth]
         write_contact_sheet(

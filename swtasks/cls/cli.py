@@ -262,6 +262,9 @@ class ClassificationCLI(LightningCLI):
         w = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
         if w is not None and w.path:
             print(f"predictions written to {w.path}", flush=True)
+        if w is not None and w.skipped:
+            shown = ", ".join(w.skipped[:3]) + (f" and {len(w.skipped) - 3} more" if len(w.skipped) > 3 else "")
+            print(f"{len(w.skipped)} unreadable file(s) skipped, without a row: {shown}", flush=True)
         if w is not None and w.sheet_path:
             print(f"contact sheet written to {w.sheet_path}", flush=True)
 

@@ -350,11 +350,17 @@ class ClassificationModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """Top-k classes and probabilities; ``item``: the batch's second entry when it has one (for the
+        folder data module's prediction set, the index of the file actually read: with
+        ``data.corrupt_images=skip`` an unreadable file's slot holds the next readable file)."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         net = self.ema.module if self.ema is not None else self.backbone
         prob = net(self._prep(x)).float().softmax(-1)
         top = prob.topk(min(5, self.num_classes), dim=-1)
-        return {"indices": top.indices.cpu(), "probs": top.values.cpu()}
+        out = {"indices": top.indices.cpu(), "probs": top.values.cpu()}
+        if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
+            out["item"] = batch[1].cpu()
+        return out
 
     # ------------------------------------------------------------------ optimisation
     def total_batch_size(self) -> tuple[int, str]:
