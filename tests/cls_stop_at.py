@@ -11,8 +11,9 @@ from lightning.pytorch.callbacks import Callback
 
 
 class StopAt(Callback):
-    """Send ``signal`` (KILL or TERM) to this process: KILL at the start of the batch of optimiser step
-    ``step`` (the step is lost, as in a crash), TERM at the end of that step."""
+    """Send ``signal`` (KILL, TERM or USR1) to this process: KILL at the start of the batch of optimiser step
+    ``step`` (the step is lost, as in a crash), TERM (a scheduler's stop) or USR1 (SLURM's pre-emption
+    signal) at the end of that step."""
 
     def __init__(self, step: int, signal: str = "KILL"):
         self.step, self.signal = int(step), signal
@@ -22,5 +23,5 @@ class StopAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.signal == "TERM" and trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if self.signal in ("TERM", "USR1") and trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, f"SIG{self.signal}"))

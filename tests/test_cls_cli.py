@@ -57,7 +57,7 @@ def test_demo_config_few_steps(tmp_path, monkeypatch, capsys):
     assert list((tmp_path / "csv").glob("version_*/metrics.csv"))
 
 
-def test_fit_validate_test_predict_and_resume(folder, tmp_path, monkeypatch, capsys):
+def test_fit_validate_test_predict_and_resume(folder, tmp_path, monkeypatch, capsys, caplog):
     run_cli(["fit", *common(folder, tmp_path, "--trainer.max_epochs", "1")], monkeypatch)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
@@ -70,6 +70,12 @@ def test_fit_validate_test_predict_and_resume(folder, tmp_path, monkeypatch, cap
     assert "val: top-1 " in capsys.readouterr().out
     run_cli(["test", *common(folder, tmp_path, "--ckpt_path", str(last))], monkeypatch)
     assert "test: top-1 " in capsys.readouterr().out
+    # "best" in a new process: the best checkpoint recorded in the run's last.ckpt (Lightning's own "best"
+    # knows only a fit of the same process)
+    caplog.clear()
+    run_cli(["validate", *common(folder, tmp_path, "--ckpt_path", "best")], monkeypatch)
+    assert "val: top-1 " in capsys.readouterr().out
+    assert f"checkpoint path at {tmp_path / 'checkpoints' / 'best-epoch'}" in caplog.text
     run_cli(
         ["predict", *common(folder, tmp_path, "--ckpt_path", str(last)), "--predictions.contact_sheet", "true",
          "--predictions.sheet_columns", "4", "--predictions.sheet_thumb", "64"],

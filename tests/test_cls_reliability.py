@@ -130,6 +130,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(folder, tmp_path, uninte
 def test_sigterm_saves_a_checkpoint_and_resumes_exactly(folder, tmp_path, uninterrupted):
     r = run_fit(folder, tmp_path, stop={"step": 5, "signal": "TERM"})
     assert "SIGTERM: saved" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert r.returncode == 143, (r.returncode, r.stderr[-3000:])  # pre-empted, not finished (was 0)
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 5
     r = run_fit(folder, tmp_path, resume=True)
@@ -168,6 +169,86 @@ def test_corrupt_or_truncated_checkpoint_is_named(folder, tmp_path, monkeypatch,
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 not a checkpoint")
     err = cli(["fit", *small(folder, tmp_path), "--ckpt_path", "last"], monkeypatch, capsys)
     assert "last.ckpt" in err
+
+
+@pytest.mark.parametrize("sub", ["fit", "validate", "test", "predict"])
+def test_ckpt_path_last_without_a_last_checkpoint_is_one_line(folder, tmp_path, monkeypatch, capsys, sub):
+    """--ckpt_path last with no last.ckpt in the checkpoint folder: one line naming the folder (fit used to
+    train from scratch, validate to score an untrained model: 'top-1 33.33%'); likewise best."""
+    err = cli([sub, *small(folder, tmp_path), "--ckpt_path", "last"], monkeypatch, capsys)
+    assert f"--ckpt_path last: no last checkpoint (last.ckpt) in {tmp_path / 'checkpoints'}" in err
+    err = cli([sub, *small(folder, tmp_path), "--ckpt_path", "best"], monkeypatch, capsys)
+    assert f"--ckpt_path best: no best checkpoint recorded in {tmp_path / 'checkpoints'}" in err
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer or -1"),  # Lightning's check
+        (["--data.num_workers", "-1"], "data.num_workers must be >= 0"),
+        (["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches must be an integer >= 1, got 0"),
+        (["--data.scale", "[1.5,0.2]"], "data.scale must be [min, max] with 0 < min <= max <= 1, got [1.5, 0.2]"),
+        (["--model.mixup_alpha", "-1"], "model.mixup_alpha must be >= 0"),
+        (["--trainer.devices", "0"], "devices"),
+        (["--trainer.devices", "-2"], "trainer.devices must be a count >= 1, -1 (all)"),
+        (["--trainer.num_nodes", "0"], "trainer.num_nodes must be an integer >= 1, got 0"),
+        (["--trainer.check_val_every_n_epoch", "0"], "trainer.check_val_every_n_epoch must be an integer >= 1"),
+        (["--trainer.val_check_interval", "0"], "trainer.val_check_interval must be > 0"),
+        (["--model.num_classes", "1"], "model.num_classes must be >= 2"),
+    ],
+)
+def test_bad_values_are_one_line(folder, tmp_path, monkeypatch, capsys, extra, message):
+    err = cli(["fit", *small(folder, tmp_path, "--trainer.max_steps", "1"), *extra], monkeypatch, capsys)
+    assert message in err
+
+
+def test_one_class_folder_and_a_missing_gpu_are_one_line(tmp_path, monkeypatch, capsys):
+    one = write_image_folder(str(tmp_path / "one"), num_classes=1, train_per_class=8, val_per_class=2, image_size=32)
+    err = cli(["fit", *small(one, tmp_path, "--model.num_classes", "1")], monkeypatch, capsys)
+    assert "model.num_classes must be >= 2" in err and "two class folders" in err
+    err = cli(["fit", *small(one, tmp_path, "--model.num_classes", "2")], monkeypatch, capsys)
+    assert f"training folder {one}/train has one class folder (class_0)" in err
+    if not torch.cuda.is_available():
+        err = cli(["fit", *small(one, tmp_path, "--trainer.accelerator", "gpu")], monkeypatch, capsys)
+        assert "trainer.accelerator=gpu: no GPU is available to this process" in err
+
+
+@pytest.mark.parametrize("signal", ["TERM", "USR1"])
+def test_a_preempted_fit_exits_143_not_0(folder, tmp_path, monkeypatch, capsys, signal):
+    """A fit stopped by SIGTERM, or by SLURM's pre-emption signal (requeued), exits with status 143
+    (swtasks.errors.EXIT_PREEMPTED) after saving its checkpoint: a scheduler wrapper can tell it from a
+    finished run (both exited 0)."""
+    from swtasks.errors import EXIT_PREEMPTED
+
+    if signal == "USR1":  # under SLURM (in this process): a stand-in scontrol records the requeue
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        (bindir / "scontrol").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/scontrol.log\n')
+        (bindir / "scontrol").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+        for k in [k for k in os.environ if k.startswith("SLURM_")]:
+            monkeypatch.delenv(k)
+        slurm = dict(SLURM_JOB_ID="77", SLURM_JOB_NAME="sw-test", SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1",
+                     SLURM_NNODES="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
+                     SLURM_NODELIST="localhost")  # fmt: skip
+        for k, v in slurm.items():
+            monkeypatch.setenv(k, v)
+    cfg = tmp_path / "stop.yaml"
+    cfg.write_text(json.dumps({"trainer": {"callbacks": [
+        {"class_path": "cls_stop_at.StopAt", "init_args": {"step": 2, "signal": signal}}]}}))  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", str(cfg), *small(folder, tmp_path, "--trainer.max_epochs", "2")])
+    assert e.value.code == EXIT_PREEMPTED == 143
+    if signal == "TERM":
+        saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+        assert "stopped by SIGTERM (exit status 143)" in capsys.readouterr().err
+    else:
+        saved = torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)
+        assert (tmp_path / "scontrol.log").read_text().strip() == "requeue 77"
+        assert "fit stopped by the pre-emption signal (exit status 143)" in capsys.readouterr().out
+    assert saved["global_step"] == 2
 
 
 def test_validate_with_a_checkpoint_of_another_class_count(folder, tmp_path, monkeypatch, capsys):

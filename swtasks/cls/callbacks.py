@@ -112,7 +112,9 @@ class SlurmRequeue(Callback):
     and installs this callback instead: the signal (``#SBATCH --signal=SIGUSR1@90``) only sets a flag; after
     the next optimiser step (all ranks agree on which) ``hpc_ckpt_<n>.ckpt`` is written (atomically, with
     the data position, RNG, EMA and schedules), rank 0 calls ``scontrol requeue $SLURM_JOB_ID`` and the
-    fit stops. The job script resumes from the newest of ``hpc_ckpt_*.ckpt`` and ``last.ckpt``.
+    fit stops (``stopped``: tools/train_cls.py then exits with status 143, not 0, so the stop never looks
+    like a finished run, also when the requeue failed). The job script resumes from the newest of
+    ``hpc_ckpt_*.ckpt`` and ``last.ckpt``.
     """
 
     def __init__(self, signum: int | None = None):
@@ -122,6 +124,7 @@ class SlurmRequeue(Callback):
         self._flag = False
         self._previous = None
         self._last_step = -1
+        self.stopped = False  # the fit was stopped by the signal (after saving its checkpoint)
 
     def _handler(self, signum, frame) -> None:
         self._flag = True  # acted on at the next optimiser step (see on_train_batch_end)
@@ -154,6 +157,7 @@ class SlurmRequeue(Callback):
         if trainer.is_global_zero:
             self._requeue()
         trainer.should_stop = True
+        self.stopped = True
 
     @staticmethod
     def _requeue() -> None:

@@ -21,14 +21,17 @@ import time
 from pathlib import Path
 
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from .callbacks import Checkpoint, LearningCurves, PredictionWriter, SlurmRequeue
 from .data import ImageClassificationDataModule
-from .errors import USER_ERRORS, one_line
+from ..errors import EXIT_PREEMPTED, EXIT_USER_ERROR
+from .errors import USER_ERRORS, InputError, one_line
 from .io import AtomicCheckpointIO, read_lightning_checkpoint
 from .module import ClassificationModule
 from .transforms import data_config
@@ -127,6 +130,7 @@ class ClassificationCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        check_trainer_options(cfg.trainer)
         root = cfg.trainer.default_root_dir or DEFAULT_ROOT
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = os.path.join(root, "checkpoints")
@@ -166,8 +170,66 @@ class ClassificationCLI(LightningCLI):
         v = self.trainer.callback_metrics.get(key)
         return None if v is None else float(v)
 
+    def _resolve_ckpt_path(self) -> None:
+        """``--ckpt_path last`` / ``best``: the checkpoint the checkpoint callback wrote, or one error naming the
+        folder it looked in (Lightning would warn and train from scratch, or evaluate an untrained model, for a
+        missing ``last``, and fail with a traceback for ``best`` in a new process). ``best`` is the best
+        checkpoint this process saw, else the one recorded in the run's newest ``last.ckpt``."""
+        sub = self.subcommand
+        path = self._get(self.config_init, "ckpt_path") if sub else None
+        if path not in ("last", "best"):
+            return
+        callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        where = ", ".join(str(c.dirpath) for c in callbacks if c.dirpath) or "no folder (no checkpoint callback)"
+        lasts: set[str] = set()
+        for c in callbacks:
+            lasts |= c._find_last_checkpoints(self.trainer)
+        lasts |= {c.ckpt_path for c in self.trainer.callbacks if isinstance(c, OnExceptionCheckpoint)}
+        lasts = {p for p in lasts if p and os.path.isfile(p)}
+        hint = "does --trainer.default_root_dir (or --checkpoint.dirpath) name the run's folder? or give a checkpoint file"
+        if path == "last":
+            if not lasts:
+                raise InputError(f"--ckpt_path last: no last checkpoint (last.ckpt) in {where}; {hint}")
+            return
+        best = self._best_checkpoint(callbacks, lasts)
+        if best is None:
+            raise InputError(f"--ckpt_path best: no best checkpoint recorded in {where}; {hint}")
+        self.config_init[sub]["ckpt_path"] = best  # Lightning's "best" knows only this process's fit
+
+    def _best_checkpoint(self, callbacks: list, lasts: set[str]) -> str | None:
+        for c in callbacks:
+            if c.best_model_path and os.path.isfile(c.best_model_path):
+                return c.best_model_path
+        for last in sorted(lasts, key=os.path.getmtime, reverse=True):
+            states = read_lightning_checkpoint(last).get("callbacks") or {}
+            for c in callbacks:
+                recorded = (states.get(c.state_key) or {}).get("best_model_path")
+                if not recorded:
+                    continue
+                moved = os.path.join(str(c.dirpath), os.path.basename(recorded))  # the run folder was moved
+                for candidate in (recorded, moved):
+                    if os.path.isfile(candidate):
+                        return candidate
+        return None
+
     def before_fit(self) -> None:
         self._t0 = time.time()
+        self._resolve_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path()
+
+    @property
+    def preempted(self) -> bool:
+        """The fit was stopped by SLURM's pre-emption signal (SlurmRequeue), after saving its checkpoint."""
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and any(getattr(c, "stopped", False) for c in trainer.callbacks if isinstance(c, SlurmRequeue))
 
     def fit(self, model, **kwargs) -> None:
         self._lr_found = None
@@ -208,9 +270,10 @@ class ClassificationCLI(LightningCLI):
         elapsed = time.time() - self._t0
         ck = t.checkpoint_callback
         curves = next((c for c in t.callbacks if isinstance(c, LearningCurves)), None)
+        done = "stopped by the pre-emption signal (exit status 143)" if self.preempted else "finished"
         lines = [
             "",
-            f"fit finished: {t.current_epoch} epochs, {t.global_step} optimiser steps in {elapsed / 60:.1f} min",
+            f"fit {done}: {t.current_epoch} epochs, {t.global_step} optimiser steps in {elapsed / 60:.1f} min",
         ]
         described = getattr(self.model, "describe_optimisation", lambda: "")()
         if described:
@@ -269,14 +332,67 @@ class ClassificationCLI(LightningCLI):
             print(f"contact sheet written to {w.sheet_path}", flush=True)
 
 
+def check_trainer_options(trainer) -> None:
+    """Trainer settings Lightning takes without a clear error (a ZeroDivisionError, a bare ValueError or
+    TypeError later, or a run that silently makes no sense): one InputError naming the option. What Lightning
+    checks itself (max_epochs, max_steps, limit_*_batches, devices 0, an accelerator that is not there, ...)
+    raises its MisconfigurationException, which main() prints as one line too."""
+    get = trainer.get if hasattr(trainer, "get") else lambda k: getattr(trainer, k, None)
+
+    def whole(value) -> int | None:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        return None
+
+    for name in ("accumulate_grad_batches", "num_nodes", "check_val_every_n_epoch"):
+        value = get(name)
+        if value is not None and (whole(value) is None or whole(value) < 1):
+            raise InputError(f"trainer.{name} must be an integer >= 1, got {value!r}")
+    devices = get("devices")
+    n = whole(devices)
+    if (n is not None and n < -1) or (isinstance(devices, (list, tuple)) and not devices):
+        raise InputError(
+            f"trainer.devices must be a count >= 1, -1 (all), 'auto' or a list of device ids, got {devices!r}"
+        )
+    for name in ("val_check_interval", "gradient_clip_val"):
+        value = get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
+            raise InputError(f"trainer.{name} must be >= 0, got {value!r}")
+    value = get("val_check_interval")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        raise InputError("trainer.val_check_interval must be > 0 (a fraction of the epoch, or a number of batches)")
+    accelerator = get("accelerator")
+    if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda"):
+        from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+        found = CUDAAccelerator.is_available() or (accelerator.lower() == "gpu" and MPSAccelerator.is_available())
+        if not found:
+            raise InputError(
+                f"trainer.accelerator={accelerator}: no GPU is available to this process "
+                "(torch.cuda.is_available() is False); use --trainer.accelerator cpu, or auto"
+            )
+
+
 def main(args=None) -> None:
     """Entry point: user errors (bad config values, data folders, model names, unreadable images or
-    checkpoints, a non-finite loss) print one line and exit 2; set SWTASKS_DEBUG=1 for their traceback."""
+    checkpoints, trainer settings Lightning refuses, a non-finite loss) print one line and exit 2; set
+    SWTASKS_DEBUG=1 for their traceback. A fit stopped by SIGTERM or by SLURM's pre-emption signal, after
+    saving its checkpoint, exits with status 143 (``swtasks.errors.EXIT_PREEMPTED``), never 0."""
+    prog = os.path.basename(sys.argv[0]) or "train_cls.py"
     try:
-        ClassificationCLI(args=args)
-    except USER_ERRORS as e:
+        cli = ClassificationCLI(args=args)
+    except SIGTERMException:  # Lightning's SystemExit with status 0: a scheduler would read it as done
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            print(f"{prog}: stopped by SIGTERM (exit status {EXIT_PREEMPTED}); resume with --ckpt_path last", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None
+    except (*USER_ERRORS, MisconfigurationException) as e:
         if os.environ.get("SWTASKS_DEBUG"):
             raise
-        prog = os.path.basename(sys.argv[0]) or "train_cls.py"
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USER_ERROR) from None
+    if cli.preempted:
+        raise SystemExit(EXIT_PREEMPTED)

@@ -430,6 +430,18 @@ class ImageClassificationDataModule(L.LightningDataModule):
             raise InputError(f"data.dataset={dataset!r}: choose 'folder' or one of {sorted(synthetic.DATASETS)}")
         if batch_size < 1:
             raise InputError(f"data.batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise InputError(f"data.eval_batch_size must be >= 1 or null, got {eval_batch_size}")
+        if num_workers is not None and num_workers < 0:
+            raise InputError(f"data.num_workers must be >= 0 (0: load in the main process) or null, got {num_workers}")
+        for name, (lo, hi), upper in (("scale", scale, " <= 1"), ("ratio", ratio, "")):
+            if not (0 < lo <= hi and (not upper or hi <= 1)):
+                raise InputError(f"data.{name} must be [min, max] with 0 < min <= max{upper}, got [{lo}, {hi}]")
+        for name, value in (("hflip", hflip), ("random_erasing", random_erasing)):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"data.{name} is a probability in [0, 1], got {value}")
+        if max_image_pixels is not None and max_image_pixels < 1:
+            raise InputError(f"data.max_image_pixels must be >= 1 or null, got {max_image_pixels}")
         if image_size is not None and image_size < 1:
             raise InputError(f"data.image_size must be >= 1, got {image_size}")
         if corrupt_images not in ("error", "skip"):
@@ -519,6 +531,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
         test_dir = root / (hp.test_dir or hp.val_dir)
         if stage in (None, "fit"):
             classes, train_samples = scan_split(train_dir, "training")
+            if len(classes) < 2:
+                raise InputError(
+                    f"training folder {train_dir} has one class folder ({classes[0]}): a classifier needs at least "
+                    "two classes to tell apart (expected <root>/train/<class>/<image> for every class)"
+                )
             val_classes, val_samples = scan_split(val_dir, "validation")
             check_folders(classes, val_classes, train_dir, val_dir)
             self._set_classes(classes, str(train_dir))

@@ -32,7 +32,8 @@ class NonFiniteLossError(UserError, FloatingPointError):
         return base if not self.checkpoint else f"{base}; the last good state is in {self.checkpoint}"
 
 
-USER_ERRORS = (InputError, NonFiniteLossError)
+# every user error of the toolkit (InputError, NonFiniteLossError, the checkpoint and model errors, ...)
+USER_ERRORS = (UserError,)
 
 _WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 

@@ -153,8 +153,11 @@ class ClassificationModule(L.LightningModule):
         sync_batchnorm: bool = True,
     ):
         super().__init__()
-        if num_classes < 1:
-            raise InputError(f"model.num_classes must be >= 1, got {num_classes}")
+        if num_classes < 2:
+            raise InputError(
+                f"model.num_classes must be >= 2, got {num_classes}: a classifier tells classes apart (softmax "
+                "over the class folders), so the data needs at least two class folders"
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise InputError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -167,6 +170,12 @@ class ClassificationModule(L.LightningModule):
             raise InputError(f"model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
         if nonfinite_loss not in ("stop", "skip"):
             raise InputError(f"model.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
+        for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if not value >= 0:
+                raise InputError(f"model.{name} must be >= 0 (0 turns it off), got {value}")
+        for name, value in (("mix_prob", mix_prob), ("switch_prob", switch_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"model.{name} must be in [0, 1], got {value}")
         if isinstance(backbone, nn.Module):
             self.save_hyperparameters(ignore=["backbone"])
             self.backbone_name = type(backbone).__name__
