@@ -28,9 +28,9 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from ..errors import EXIT_PREEMPTED, EXIT_USER_ERROR
 from .callbacks import Checkpoint, LearningCurves, PredictionWriter, SlurmRequeue
 from .data import ImageClassificationDataModule
-from ..errors import EXIT_PREEMPTED, EXIT_USER_ERROR
 from .errors import USER_ERRORS, InputError, one_line
 from .io import AtomicCheckpointIO, read_lightning_checkpoint
 from .module import ClassificationModule
