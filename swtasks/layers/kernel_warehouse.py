@@ -558,7 +558,7 @@ class WarehouseManager(nn.Module):
         name = self.warehouse_names.pop()
         self._shapes.pop(name)
         self._dims.pop(name)
-        self.weights = nn.ParameterList(list(self.weights)[:-1])
+        self.weights = nn.ParameterList(list(self.weights)[:-1]).train(self.training)
         self.cell_shapes = self.cell_shapes[:-1]
         self.per_warehouse = {k: v[:-1] for k, v in self.per_warehouse.items()}
         self.users = self.users[:-1]
