@@ -78,6 +78,9 @@ def _parser(task: str, mode: str) -> argparse.ArgumentParser:
         help="do not check the dataset files before building the Runner (swtasks.mm.data_check; see "
         "docs/reliability.md)",
     )
+    from .own_data import add_arguments as add_own_data_arguments
+
+    add_own_data_arguments(p, task, mode)  # --classes, --train-ann ... (swtasks.mm.own_data)
     p.add_argument(
         "--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher"
     )
@@ -174,6 +177,9 @@ def load_config(args, task: str, mode: str):
         cfg.merge_from_dict(args.cfg_options)
     if args.data_root:
         set_data_root(cfg, args.data_root)
+    from .own_data import prepare_config_data
+
+    prepare_config_data(cfg, args, task, mode)  # demo data on first use; classes from the data (own_data)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
