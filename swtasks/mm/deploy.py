@@ -97,6 +97,9 @@ def reparameterize_checkpoint(
     if _backbone_cfg(cfg.model).get("deploy", False):
         raise ValueError("the config's backbone is already deploy=True; give the training config")
     obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    from .own_data import follow_checkpoint_classes
+
+    follow_checkpoint_classes(cfg, obj)  # a run on its own data set the heads from the command line
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise ValueError(
             f"{checkpoint}: expected a checkpoint written by the mmengine Runner (with 'state_dict')"
