@@ -15,13 +15,14 @@ timm's scripts (train.py, validate.py, benchmark.py, ...) import no plugins; run
 See docs/deploy.md (tested timm versions there). Needs the ``timm`` extra; imports nothing of lightning/mm.
 
 Each timm entry point builds the model with ``swtasks.create_model`` and timm's keyword arguments:
-num_classes, drop_path_rate, in_chans and architecture overrides pass through (unknown ones are refused by the
-family, naming them); drop_rate=0 (the scripts' "none") is dropped; ``features_only`` / ``out_indices`` use
-the family's native feature maps (no FeatureListNet wrapper: ``feature_cls`` other than 'list' is refused),
-with ``feature_info`` as timm's FeatureInfo. No weights are downloaded: ``pretrained=True`` loads
-``pretrained_cfg['file']`` (timm's ``--pretrained-path``; any file ``create_model(checkpoint_path=...)``
-reads) through the swtasks loader, the classifier being kept at its initialisation when the file's has another
-size (timm's head adaptation).
+num_classes, drop_path_rate, in_chans, global_pool and architecture overrides pass through (unknown ones are
+refused by the family, naming them); drop_rate=0 (the scripts' "none") is dropped; ``features_only`` /
+``out_indices`` use the family's native feature maps (no FeatureListNet wrapper: ``feature_cls`` other than
+'list' is refused), with ``feature_info`` as timm's FeatureInfo. ``pretrained_cfg`` also gives ``pool_size``,
+``first_conv`` and ``classifier``, which timm's model tests read (docs/deploy.md: timm's suite over these
+models). No weights are downloaded: ``pretrained=True`` loads ``pretrained_cfg['file']`` (timm's
+``--pretrained-path``; any file ``create_model(checkpoint_path=...)`` reads) through the swtasks loader, the
+classifier being kept at its initialisation when the file's has another size (timm's head adaptation).
 """
 
 from __future__ import annotations
