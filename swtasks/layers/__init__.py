@@ -1,5 +1,12 @@
 """nn.Modules built on swtasks.ops (plain PyTorch; no lightning/mm imports here)."""
 
+from .convert import (
+    NothingToConvertError,
+    Replacement,
+    ShiftwiseConversionError,
+    reparameterize_shiftwise,
+    to_shiftwise,
+)
 from .decomposed import DecomposedLargeKernelConv
 from .dilated_reparam import DilatedReparamBlock
 from .kernel_warehouse import KWConv1d, KWConv2d, KWConv3d, KWLinear, WarehouseManager
@@ -12,6 +19,11 @@ __all__ = [
     "KWConv2d",
     "KWConv3d",
     "KWLinear",
+    "NothingToConvertError",
+    "Replacement",
     "ShiftWiseConv2d",
+    "ShiftwiseConversionError",
     "WarehouseManager",
+    "reparameterize_shiftwise",
+    "to_shiftwise",
 ]
