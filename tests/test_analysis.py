@@ -384,3 +384,59 @@ def test_fused_operator_norm_matches_modules(C, K, ghost, H, W, mode):
     # finite differences of the fused Function itself (fast mode: random directions), every input at once
     inputs = (xn.detach().requires_grad_(True), *new.parameters())
     assert torch.autograd.gradcheck(lambda x_, *_: _operator_norm(new.lk, new.norm, x_), inputs, fast_mode=True)
+
+
+# ------------------------------------------------------------------------------------------------ ERF: any model, any layer
+def test_erf_of_any_module_at_a_named_layer_and_rectangular_images():
+    """The Python API: any nn.Module and a layer name (the forward stops there); the oracle is the gradient
+    computed by hand through the same modules; a rectangular input; the last feature map found by itself."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.ReLU(), nn.Conv2d(4, 4, 5, padding=2)),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(2, 3, 24, 40)
+    got = erf.erf_map(erf.layer_output(net, "1.0"), [x])
+    xg = x.clone().requires_grad_(True)
+    y = net[1][0](net[0](xg))
+    torch.relu(y[:, :, 12, 20]).sum().backward()
+    np.testing.assert_allclose(got, torch.relu(xg.grad).sum(dim=(0, 1)).double().numpy(), rtol=1e-6)
+    auto = erf.layer_output(net)  # the last map larger than 1x1: module "1" (not the 1x1 pooled one)
+    assert erf.erf_map(auto, [x]).shape == (24, 40) and auto.layer == "1"
+    with pytest.raises(erf.AnalysisError, match="no module 'stages.9'"):
+        erf.layer_output(net, "stages.9")
+    assert erf.parse_image_size("512x768") == (512, 768) and erf.parse_image_size("64") == 64
+    with pytest.raises(erf.AnalysisError, match="N or HxW"):
+        erf.parse_image_size("64x")
+    r = erf.run_erf([("toy", net)], images=2, image_size=(24, 40), layer="0", show_progress=False)[0]
+    assert r.erf.shape == (24, 40) and r.layer == "0" and erf.size_text(r.image_size) == "24x40"
+
+
+def test_erf_tool_on_torchvision_converted_and_mm_models_and_a_layer(tmp_path):
+    pytest.importorskip("torchvision")
+    common = ["--images", "2", "--image-size", "64", "--no-progress", "--threads", "2"]
+    out = tmp_path / "tv"
+    assert _tool("erf").main(["torchvision:mobilenet_v2", "torchvision:mobilenet_v2+sw31", "--out", str(out),
+                              "--set", "shiftwise_init=fresh", *common]) == 0
+    with open(out / "erf.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["torchvision:mobilenet_v2", "torchvision:mobilenet_v2+sw31"]
+    assert {r["layer"] for r in rows} == {"features"} and all(0 < float(r["t0.2"]) <= 1 for r in rows)
+    assert (out / "erf_torchvision_mobilenet_v2+sw31.png").is_file() and (out / "erf.png").is_file()
+
+    out = tmp_path / "layer"  # a registry model at a named module, rectangular input
+    assert _tool("erf").main(["shiftwise_atto", "--out", str(out), "--layer", "stages.1", "--set", "depths=(1,1,1,1)",
+                              *common[:2], "--image-size", "48x64", *common[4:]]) == 0
+    with open(out / "erf.csv") as f:
+        row = next(csv.DictReader(f))
+    assert row["layer"] == "stages.1" and row["image_size"] == "48x64"
+    assert np.load(out / "erf_shiftwise_atto.npy").shape == (48, 64) and (out / "erf_shiftwise_atto.png").is_file()
+
+    pytest.importorskip("mmdet")
+    config = str(REPO / "configs/det/mask-rcnn_shiftwise-atto_fpn_2iter_tiny-coco.py")
+    for extra, layer in (([], "neck"), (["--layer", "neck.fpn_convs.0"], "neck.fpn_convs.0"),
+                         (["--mm-part", "backbone"], "backbone")):
+        out = tmp_path / layer
+        assert _tool("erf").main([config, "--out", str(out), *extra, *common]) == 0
+        with open(out / "erf.csv") as f:
+            row = next(csv.DictReader(f))
+        assert row["model"] == "mask-rcnn_shiftwise-atto_fpn_2iter_tiny-coco" and row["layer"] == layer
+        assert (out / "erf_mask-rcnn_shiftwise-atto_fpn_2iter_tiny-coco.png").is_file()

@@ -7,7 +7,8 @@ training and deploy structures, all models measured interleaved (ratios hold on 
     tools/benchmark.py shiftwise_tiny unireplknet_t slak_t convnext_t --device cuda --batch-size 64 \\
         --amp bf16 --markdown benchmarks/gpu.md --csv gpu.csv
 
-MODEL: a registry name (see swtasks.list_models()), an fnmatch pattern of them, or torchvision:NAME.
+MODEL: a registry name (see swtasks.list_models()), an fnmatch pattern of them, torchvision:NAME or timm:NAME,
+the last two optionally converted to shift-wise kernels with +swK (torchvision:convnext_tiny+sw51).
 Method and columns: docs/analysis.md ("Benchmark").
 """
 
@@ -36,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from swtasks.cliutil import add_override_option
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", help="registry names, fnmatch patterns or torchvision:NAME")
+    p.add_argument("models", nargs="+", help="registry names, fnmatch patterns, torchvision:NAME or timm:NAME [+swK]")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="batch for inference and training steps (default 8)")
     p.add_argument("--image-size", type=int, default=224)
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = bm.resolve_models(args.models, skip_missing=args.skip_missing)
-    specs = [bm.ModelSpec(n, () if n.startswith("torchvision:") else tuple(args.overrides)) for n in names]
+    specs = [bm.ModelSpec(n, () if n.startswith(("torchvision:", "timm:")) else tuple(args.overrides)) for n in names]
     env = bm.environment(args.device)
     results = bm.run_benchmark(
         specs, device=args.device, batch_size=args.batch_size, image_size=args.image_size, modes=args.modes,

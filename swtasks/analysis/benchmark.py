@@ -20,8 +20,10 @@ them. Peak memory is measured in a separate call per case: on CUDA
 resident parameters, buffers and optimiser state plus the peak of the allocation events of PyTorch's CPU
 allocator recorded by `torch.profiler` during the call (oneDNN's internal scratch memory is not seen).
 
-A model is a registry name (any name `swtasks.list_models()` knows) or `torchvision:NAME` (a torchvision
-classification model, random weights; it has no deploy form, so its deploy rows repeat its train rows).
+A model is a registry name (any name `swtasks.list_models()` knows), `torchvision:NAME` or `timm:NAME` (a
+torchvision / timm classification model, random weights; it has no deploy form, so its deploy rows repeat its
+train rows), or either with `+swK` (converted by swtasks.layers.to_shiftwise to K x K shift-wise kernels clipped
+to the maps of the benchmark's input; its deploy structure is the folded one).
 Registry models whose deploy build has the same parameters as the training build are measured once too.
 
 Imports torch, torchvision and swtasks.models only; progress bars via swtasks.analysis.progress.
@@ -48,7 +50,7 @@ import torch.nn.functional as F
 
 from .errors import AnalysisError
 from .progress import Progress
-from .select import TORCHVISION_PREFIX, resolve_models
+from .select import FOREIGN_PREFIXES, resolve_models
 
 __all__ = [
     "MODES",
@@ -77,14 +79,15 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to measure: a registry name or `torchvision:NAME`, plus create_model overrides."""
+    """A model to measure: a registry name or `torchvision:NAME` / `timm:NAME` (`+swK`: converted to shift-wise
+    kernels), plus create_model overrides."""
 
     name: str
     overrides: tuple[tuple[str, Any], ...] = ()
 
     @property
-    def is_torchvision(self) -> bool:
-        return self.name.startswith(TORCHVISION_PREFIX)
+    def is_torchvision(self) -> bool:  # any foreign name (torchvision: or timm:), the historical name
+        return self.name.startswith(FOREIGN_PREFIXES)
 
 
 @dataclass
@@ -123,22 +126,34 @@ class BenchmarkResult:
 
 
 # ------------------------------------------------------------------------------------------------ models
-def build_model(spec: ModelSpec, structure: str, num_classes: int = 1000, drop_path_rate: float = 0.0) -> nn.Module:
-    """The model of `spec` in `structure` ('train' or 'deploy'), random weights, on the CPU."""
+def build_model(spec: ModelSpec, structure: str, num_classes: int = 1000, drop_path_rate: float = 0.0,
+                image_size: int | None = None) -> nn.Module:
+    """The model of `spec` in `structure` ('train' or 'deploy'), random weights, on the CPU. A foreign model
+    converted with `+swK` gets its kernels clipped to the maps of an `image_size` input; its deploy structure
+    is the folded one."""
     if structure not in STRUCTURES:
         raise AnalysisError(f"structure must be one of {STRUCTURES}, got {structure!r}")
     if spec.is_torchvision:
-        import torchvision
+        from swtasks.layers import reparameterize_shiftwise
+        from swtasks.models.foreign import create_foreign, split_foreign
 
-        tv_name = spec.name[len(TORCHVISION_PREFIX):]
-        known = torchvision.models.list_models(module=torchvision.models)
-        if tv_name not in known:
-            raise AnalysisError(f"unknown torchvision classification model {tv_name!r} (in {spec.name!r}); "
-                                f"e.g. {', '.join(n for n in known if n.startswith('convnext'))}")
+        lib, arch, kernel = split_foreign(spec.name)
         kw = dict(spec.overrides)
-        if drop_path_rate and "stochastic_depth_prob" not in kw and tv_name.startswith("convnext"):
-            kw["stochastic_depth_prob"] = drop_path_rate
-        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kw)
+        if lib == "torchvision":
+            import torchvision
+
+            known = torchvision.models.list_models(module=torchvision.models)
+            if arch not in known:
+                raise AnalysisError(f"unknown torchvision classification model {arch!r} (in {spec.name!r}); "
+                                    f"e.g. {', '.join(n for n in known if n.startswith('convnext'))}")
+            if drop_path_rate and "stochastic_depth_prob" not in kw and arch.startswith("convnext"):
+                kw["stochastic_depth_prob"] = drop_path_rate
+        elif drop_path_rate and "drop_path_rate" not in kw:
+            kw["drop_path_rate"] = drop_path_rate
+        net = create_foreign(spec.name, num_classes=num_classes, image_size=image_size, **kw)
+        if kernel is not None and structure == "deploy":
+            reparameterize_shiftwise(net)  # the converted layers' deploy form (random BN statistics)
+        return net
     from swtasks.models import create_model
 
     return create_model(spec.name, num_classes=num_classes, drop_path_rate=drop_path_rate,
@@ -354,7 +369,7 @@ def run_benchmark(
             built: list[tuple[str, list, nn.Module]] = []  # (structure, signature, module as run)
             for structure in structures:
                 bar.set_description(f"building {spec.name} ({structure})")
-                model = build_model(spec, structure, num_classes, drop_path_rate)
+                model = build_model(spec, structure, num_classes, drop_path_rate, image_size)
                 sig, note, alias = _signature(model), "", None
                 same = [b for b in built if b[1] == sig]
                 if same:

@@ -1,4 +1,6 @@
-"""Turning a tool's model arguments into model names: registry names, fnmatch patterns, `torchvision:NAME`.
+"""Turning a tool's model arguments into model names: registry names, fnmatch patterns, `torchvision:NAME` and
+`timm:NAME` (either with an optional `+swK` suffix: converted by swtasks.layers.to_shiftwise, see
+swtasks.models.foreign).
 
 Shared by the analysis tools (benchmark, ERF, complexity) so they accept the same arguments.
 """
@@ -8,20 +10,21 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
-__all__ = ["TORCHVISION_PREFIX", "resolve_models"]
+__all__ = ["FOREIGN_PREFIXES", "TORCHVISION_PREFIX", "resolve_models"]
 
 TORCHVISION_PREFIX = "torchvision:"
+FOREIGN_PREFIXES = (TORCHVISION_PREFIX, "timm:")  # = swtasks.models.foreign.FOREIGN_PREFIXES
 
 
 def resolve_models(args: Iterable[str], *, skip_missing: bool = False, torchvision: bool = True) -> list[str]:
-    """Expand patterns (`shiftwise_*`) against the registry and keep `torchvision:NAME` entries (when
-    `torchvision`), in order and without duplicates. An unknown name or a pattern that matches nothing
+    """Expand patterns (`shiftwise_*`) against the registry and keep `torchvision:NAME` / `timm:NAME` entries
+    (when `torchvision`), in order and without duplicates. An unknown name or a pattern that matches nothing
     raises ModelConfigError naming it (with `skip_missing`: a warning on stderr, and it is left out)."""
     from swtasks.models import ModelConfigError, get_data_config, is_model, list_models
 
     names: list[str] = []
     for arg in args:
-        if arg.startswith(TORCHVISION_PREFIX):
+        if arg.startswith(FOREIGN_PREFIXES):
             if not torchvision:
                 raise ModelConfigError(f"{arg!r}: this tool takes registry models only")
             found = [arg]

@@ -92,22 +92,28 @@ def create_foreign(
     weights: Any = None,
     small_kernel: int | None = 3,
     shiftwise_kernel: int | None = None,
+    shiftwise_init: str = "original",
     **kwargs: Any,
 ) -> nn.Module:
     """The torchvision / timm model `name` (see the module docstring). A `+swK` suffix (or
     ``shiftwise_kernel=K``) converts it with ``swtasks.layers.to_shiftwise(model, K, small_kernel=...,
-    input_size=image_size)``; the replacements are kept as ``model.shiftwise_replaced``. ``kwargs`` go to
-    the library's constructor. The model gets ``num_classes`` as an attribute."""
+    input_size=image_size, init=shiftwise_init)``; the replacements are kept as ``model.shiftwise_replaced``.
+    ``kwargs`` go to the library's constructor (e.g. ``layer_scale=1.0`` for a torchvision ConvNeXt, whose
+    random init otherwise scales every block by 1e-6). The model gets ``num_classes`` as an attribute."""
     lib, arch, kernel = split_foreign(name)
     kernel = shiftwise_kernel if shiftwise_kernel is not None else kernel
-    if lib == "torchvision":
-        net = _torchvision(arch, num_classes, weights, kwargs)
-    else:
-        net = _timm(arch, num_classes, weights, kwargs)
+    try:
+        if lib == "torchvision":
+            net = _torchvision(arch, num_classes, weights, kwargs)
+        else:
+            net = _timm(arch, num_classes, weights, kwargs)
+    except TypeError as e:  # an argument the constructor does not take
+        raise ModelConfigError(f"{name}: {e}") from e
     if kernel is not None:
         from swtasks.layers import to_shiftwise
 
-        net, replaced = to_shiftwise(net, kernel, small_kernel=small_kernel, input_size=image_size, inplace=True)
+        net, replaced = to_shiftwise(net, kernel, small_kernel=small_kernel, input_size=image_size, inplace=True,
+                                     init=shiftwise_init)
         net.shiftwise_replaced = replaced
     if not hasattr(net, "num_classes"):
         net.num_classes = num_classes
