@@ -49,12 +49,28 @@ import torch.nn as nn
 from swtasks.errors import UserError
 
 __all__ = [
+    "DOWNLOAD_OPT_IN",
+    "TRUST_OPT_IN",
+    "LOADING_OPTIONS",
     "CheckpointAdapter",
+    "CheckpointNotFoundError",
+    "FileOptionsError",
+    "NonFiniteWeightsError",
+    "architecture_options",
+    "check_finite",
+    "download_dir",
+    "name_opt_ins",
+    "refuse_loading_options",
+    "fetch_remote",
+    "file_num_classes",
+    "is_loading_option",
+    "is_remote",
     "CheckpointError",
     "CheckpointMismatchError",
     "LoadReport",
     "adapter_of",
     "allow_globals",
+    "classifier_classes",
     "classifier_name",
     "atomic_torch_save",
     "compare_state_dicts",
@@ -86,6 +102,216 @@ class CheckpointError(UserError, RuntimeError):
 
 class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint does not fit the model: lists the missing, unexpected and mis-shaped keys."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A weights file whose tensors hold NaN or infinite values (a diverged run's, or a damaged file): no
+    loader that trains, evaluates or exports from it accepts it. The message names the file and the keys."""
+
+
+class FileOptionsError(CheckpointError):
+    """A file records options that a file may not set (how another file is loaded, code to run): refused."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that names no file."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# remote files: refused unless the user opts in, then downloaded and read like a local file
+# ------------------------------------------------------------------------------------------------------
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+#: the opt-ins, as the library and most command-line tools name them (see :func:`name_opt_ins`)
+DOWNLOAD_OPT_IN = "allow_download=True (command line: --allow-download)"
+TRUST_OPT_IN = "trust_pickle=True (command line: --trust-pickle)"
+
+
+def name_opt_ins(text: str, *, trust: str | None = None, download: str | None = None) -> str:
+    """``text`` (a CheckpointError's message) with the opt-ins named as the calling tool names them (e.g.
+    ``--model.trust_pickle true`` in tools/train_cls.py): every message names an option that exists."""
+    if trust:
+        text = text.replace(TRUST_OPT_IN, trust)
+    if download:
+        text = text.replace(DOWNLOAD_OPT_IN, download)
+    return text
+
+
+def is_remote(path: Any) -> bool:
+    """Whether ``path`` is a URL (``https://``, ``s3://``, ``open-mmlab://``, ... anything with a scheme,
+    ``file://`` included) rather than a local path."""
+    return isinstance(path, (str, os.PathLike)) and bool(_SCHEME.match(os.fspath(path)))
+
+
+def download_dir() -> str:
+    """Where :func:`fetch_remote` keeps downloads: ``$SWTASKS_CACHE/downloads`` (default
+    ``~/.cache/swtasks/downloads``)."""
+    root = os.environ.get("SWTASKS_CACHE") or osp.join(
+        os.environ.get("XDG_CACHE_HOME") or osp.join(osp.expanduser("~"), ".cache"), "swtasks"
+    )
+    return osp.join(root, "downloads")
+
+
+def fetch_remote(url: str, *, allow_download: bool = False, timeout: float = 60.0) -> str:
+    """The local file for checkpoint URL ``url``: refused (CheckpointError naming the URL and the opt-in)
+    unless ``allow_download``; then an ``http(s)://`` URL is downloaded once into :func:`download_dir`
+    (atomically; the name keeps the URL's file name after a hash of the URL) and the local path returned,
+    to be read weights-only like any local file. Other schemes (``s3://``, ``open-mmlab://``, ...) are
+    refused with a hint to fetch the file by their own tools."""
+    url = os.fspath(url)
+    if not allow_download:
+        raise CheckpointError(
+            f"{url}: a remote checkpoint; swtasks reads local files only unless you opt in with "
+            f"{DOWNLOAD_OPT_IN}, which downloads it to {download_dir()} and reads it weights-only"
+        )
+    if not url.lower().startswith(("http://", "https://")):
+        raise CheckpointError(
+            f"{url}: only http(s) URLs can be downloaded; fetch the file with its own tools and pass the local path"
+        )
+    import hashlib
+    import urllib.parse
+    import urllib.request
+
+    name = osp.basename(urllib.parse.urlparse(url).path) or "checkpoint"
+    name = re.sub(r"[^\w.+-]", "_", name)[-100:]
+    local = osp.join(download_dir(), f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}")
+    if osp.isfile(local):
+        return local
+
+    def write(f):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (opted in)
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+        except OSError as e:  # URLError, HTTPError, timeouts
+            raise CheckpointError(f"{url}: download failed: {getattr(e, 'reason', None) or e}") from None
+
+    _atomic_write(local, write)
+    return local
+
+
+# ------------------------------------------------------------------------------------------------------
+# options recorded in a file: architecture only
+# ------------------------------------------------------------------------------------------------------
+
+#: options that decide what is loaded or how, or which code runs: never taken from a file's meta or
+#: hyper-parameters (a file could otherwise switch on the opt-in for another file)
+LOADING_OPTIONS = frozenset({
+    "allow_download", "backbone", "checkpoint", "checkpoint_path", "class_path", "_class_path", "init_cfg",
+    "_instantiator", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "trust_pickle", "weights",
+})
+# words that mark an option as a path, a location or a loading switch (an option name's words are the parts
+# between underscores: `checkpoint_path`, `weights_file`, `pretrained`; not `weight_decay`, `num_classes`)
+_LOADING_WORDS = frozenset({
+    "cache", "checkpoint", "ckpt", "dir", "directory", "dirs", "download", "file", "filename", "files",
+    "import", "imports", "load", "path", "paths", "pickle", "pretrained", "root", "uri", "url", "urls", "weights",
+})
+
+
+def is_loading_option(name: str) -> bool:
+    """Whether an option name is a loading option or names a path, a file, a URL, a checkpoint, weights,
+    pickling or a cache: such options are never recorded in, nor taken from, a file."""
+    words = name.lower().replace("drop_path", "droppath").strip("_").split("_")  # stochastic depth: no path
+    return name in LOADING_OPTIONS or bool(_LOADING_WORDS.intersection(words))
+
+
+_loading_name = is_loading_option
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, _PLAIN):
+        return not (isinstance(value, str) and (len(value) > 4096 or is_remote(value)))
+    if depth > 4:
+        return False
+    if isinstance(value, (list, tuple)):
+        return len(value) <= 64 and all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return len(value) <= 64 and all(
+            isinstance(k, str) and not _loading_name(k) and _plain(v, depth + 1)
+            for k, v in value.items()
+        )
+    return False
+
+
+def architecture_options(options: Any, *, source: str, field: str = "meta['overrides']") -> dict[str, Any]:
+    """The architecture options a file records (its ``meta['overrides']``, a Lightning checkpoint's
+    ``backbone_kwargs``), checked against the one rule for options read from a file.
+
+    Allowed: option names that are identifiers, none of :data:`LOADING_OPTIONS` and none naming a path, a
+    file, a URL, a checkpoint, weights, pickling or loading; values of plain data (numbers, booleans, short
+    strings that are not URLs, and lists/tuples/dicts of those). Whether the model accepts a name is then
+    checked by the model itself (``create_model`` names unknown overrides). Anything else is refused
+    with one :class:`FileOptionsError` naming the file, the field and every refused option: nothing read
+    from a file may decide how another file is loaded.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise FileOptionsError(f"{source}: {field} is a {type(options).__name__}, not a mapping of options")
+    refused = sorted(
+        str(k) for k, v in options.items()
+        if not (isinstance(k, str) and k.isidentifier()) or _loading_name(k) or not _plain(v)
+    )
+    if refused:
+        raise FileOptionsError(
+            f"{source}: its {field} carry options that a file may not set: {', '.join(refused)} (a file may "
+            "record architecture options only; loading options come from the command line); nothing was loaded"
+        )
+    return dict(options)
+
+
+def refuse_loading_options(options: Mapping, *, source: str, field: str) -> None:
+    """Refuse (FileOptionsError naming them) the :data:`LOADING_OPTIONS` that ``options`` (a Lightning
+    checkpoint's ``hyper_parameters``, a file's ``meta``) set to anything but an inert value (None, False,
+    empty): a file may record that a run once loaded a file, never make this run load one. ``backbone``
+    must be a name (a string), not something to build. Callers take the options they need afterwards and
+    never the loading ones."""
+    refused = sorted(
+        k for k, v in options.items()
+        if k in LOADING_OPTIONS and k != "backbone" and v not in (None, False, "")
+    )
+    if "backbone" in options and not isinstance(options["backbone"], (str, type(None))):
+        refused.append("backbone (not a registry name)")
+    if refused:
+        raise FileOptionsError(
+            f"{source}: its {field} carry options that a file may not set: {', '.join(refused)} (a checkpoint "
+            "records the model, not what to load or run); nothing was loaded"
+        )
+
+
+def file_num_classes(value: Any, *, source: str, field: str = "meta['num_classes']") -> int | None:
+    """A class count recorded in a file: None, or an integer in [0, 1_000_000] (else FileOptionsError)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise FileOptionsError(f"{source}: {field} is {value!r}, not a class count")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------------------
+# numerical health
+# ------------------------------------------------------------------------------------------------------
+
+
+def check_finite(state_dict: Mapping[str, Any], source: str, limit: int = 5) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming ``source`` and the tensors that hold NaN or infinite
+    values (how many of each, the first ``limit`` keys)."""
+    bad = []
+    for k, v in state_dict.items():
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and v.numel():
+            finite = torch.isfinite(v)
+            if not bool(finite.all()):
+                n_nan = int(torch.isnan(v).sum())
+                n_inf = int((~finite).sum()) - n_nan
+                what = ", ".join(p for p in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if p)
+                bad.append(f"{k} ({what} of {v.numel()})")
+    if bad:
+        shown = ", ".join(bad[:limit]) + (f", ... ({len(bad) - limit} more tensors)" if len(bad) > limit else "")
+        raise NonFiniteWeightsError(
+            f"{source}: non-finite weights (NaN or inf) in {len(bad)} tensor{'s' if len(bad) > 1 else ''}: "
+            f"{shown}; the file is from a diverged run or damaged: use an earlier checkpoint"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -143,17 +369,29 @@ def verify_checkpoint_file(path: str | os.PathLike) -> None:
         )
 
 
-def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, map_location: Any = "cpu") -> Any:
+def read_checkpoint(
+    path: str | os.PathLike,
+    *,
+    trust_pickle: bool = False,
+    map_location: Any = "cpu",
+    allow_download: bool = False,
+    trust_option: str = TRUST_OPT_IN,
+) -> Any:
     """Load a weights file on ``map_location`` (default CPU), weights-only unless ``trust_pickle``.
 
-    ``.safetensors`` files come back as ``{"state_dict": tensors, "meta": dict}``. Raises
-    FileNotFoundError for a missing file and CheckpointError for a truncated/corrupt file or one that
-    holds objects outside the allow-list (the message names the file and ``trust_pickle=True`` /
-    ``--trust-pickle``).
+    ``.safetensors`` files come back as ``{"state_dict": tensors, "meta": dict}``. A path is a local file:
+    a URL (anything with a scheme, ``https://``, ``s3://``, ``open-mmlab://``, ...) is refused unless
+    ``allow_download`` (see :func:`fetch_remote`), and then downloaded to a local file that is read like
+    any other (weights-only unless ``trust_pickle``). Raises :class:`CheckpointNotFoundError` (a
+    FileNotFoundError) for a missing file and CheckpointError for a truncated/corrupt file or one that
+    holds objects outside the allow-list (the message names the file, the refused global and the opt-in,
+    ``trust_option``: the name the calling tool gives it).
     """
     path = os.fspath(path)
+    if is_remote(path):
+        path = fetch_remote(path, allow_download=allow_download)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
         return _read_safetensors(path, map_location)
     verify_checkpoint_file(path)  # torch.load checks no CRC: a flipped byte would load silently
@@ -163,15 +401,34 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False, map_
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, AttributeError, TypeError,
             ValueError, ImportError, KeyError, IndexError, UnicodeDecodeError) as err:
-        if not trust_pickle and "Unsupported global" in str(err):
+        if not trust_pickle and _is_weights_only_refusal(err):
             raise CheckpointError(
-                f"{path}: holds Python objects that a weights-only load refuses ({_refused_global(err)}). "
-                "Loading it would run code from the file. If you trust it, pass trust_pickle=True "
-                "(command line: --trust-pickle)."
+                f"{path}: holds Python objects that a weights-only load refuses ({_refused_global(err)}); "
+                f"loading it would run code from the file. Only if you trust the file: {trust_option}"
+            ) from err
+        if not trust_pickle and _unsupported_opcode(err):
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint: it holds a pickle instruction (opcode "
+                f"{_unsupported_opcode(err)}) that a weights-only load does not run: a truncated or corrupt file, "
+                f"or one written to run code when loaded. Only if you trust the file: {trust_option}"
             ) from err
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated, corrupt or not a PyTorch file?): {_reason(err)}"
         ) from err
+
+
+def _is_weights_only_refusal(err: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused the file for what it would construct or call,
+    whatever torch's wording and case ("Unsupported global: GLOBAL posix.system", "Trying to call reduce for
+    unrecognized function", ...). A pickle opcode the weights-only unpickler does not know ("Unsupported
+    operand") is not counted: garbage bytes give it too (see :func:`_unsupported_opcode`)."""
+    text = str(err).lower()
+    return any(w in text for w in ("unsupported global", "unrecognized function", "trying to call", "not an allowed global"))
+
+
+def _unsupported_opcode(err: BaseException) -> str | None:
+    m = re.search(r"unsupported operand (\S+)", str(err), re.IGNORECASE)
+    return m.group(1) if m else None
 
 
 def _reason(err: BaseException) -> str:
@@ -185,10 +442,14 @@ def _first_line(err: BaseException) -> str:
 
 
 def _refused_global(err: BaseException) -> str:
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err)) or re.search(r"GLOBAL ([\w.]+)", str(err))
+    text = str(err)
+    m = re.search(r"GLOBAL ([\w.]+)", text, re.IGNORECASE)
     if m:
         return f"global {m.group(1)}"
-    m = re.search(r"WeightsUnpickler error: ([^\n]+)", str(err))
+    m = re.search(r"(?:function|callable|global)\s*[:=]?\s*<?([\w.]+\.[\w]+)", text, re.IGNORECASE)
+    if m:
+        return f"global {m.group(1)}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
     return m.group(1).strip() if m else _first_line(err)
 
 
@@ -269,6 +530,20 @@ def classifier_name(model: nn.Module) -> str | None:
     if not isinstance(clf, nn.Module):
         return None
     return next((name for name, module in model.named_modules() if module is clf and name), None)
+
+
+def classifier_classes(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> int | None:
+    """The class count of the classifier that ``state_dict`` holds for ``model``'s architecture (the first
+    dimension of its ``<classifier>.weight``), or None when the model has no classifier or the file none."""
+    clf = classifier_name(model)
+    if not clf:
+        return None
+    try:
+        weights, _ = select_weights(state_dict, model.state_dict().keys(), source=source)
+    except CheckpointMismatchError:
+        return None
+    w = weights.get(f"{clf}.weight")
+    return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() >= 1 else None
 
 
 def meta_of(obj: Any) -> dict:
@@ -475,6 +750,8 @@ def load_into(
     adapter: CheckpointAdapter | None = None,
     trust_pickle: bool = False,
     source: str | None = None,
+    allow_download: bool = False,
+    allow_nonfinite: bool = False,
 ) -> LoadReport:
     """Load a weights file (or a loaded checkpoint / state dict) into ``model``; return a LoadReport.
 
@@ -485,11 +762,13 @@ def load_into(
     module (features-only backbones), missing per-output norms ``norm<i>.*`` of a features-only model (new
     layers), keys starting with an ``exclude`` prefix (dropped from the file and allowed to be missing).
     With ``strict`` any other difference raises CheckpointMismatchError listing every missing, unexpected
-    and mis-shaped key; otherwise the fitting tensors load and the report lists the rest.
+    and mis-shaped key; otherwise the fitting tensors load and the report lists the rest. Tensors holding
+    NaN or inf raise :class:`NonFiniteWeightsError` naming them (``allow_nonfinite=True`` loads them
+    anyway, e.g. to inspect a diverged run). A URL is read only with ``allow_download`` (:func:`fetch_remote`).
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         source = source or os.fspath(checkpoint)
-        obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
+        obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle, allow_download=allow_download)
     else:
         source = source or "state dict"
         obj = checkpoint
@@ -499,7 +778,12 @@ def load_into(
     adapter = adapter if adapter is not None else adapter_of(model)
     converted = bool(adapter and adapter.detect and adapter.convert and adapter.detect(weights))
     if converted:
-        weights = adapter.convert(weights, model)
+        try:
+            weights = adapter.convert(weights, model)
+        except (ValueError, KeyError) as err:  # an adapter refuses a file it cannot convert (its documented error)
+            if isinstance(err, UserError):
+                raise
+            raise CheckpointMismatchError(f"{source}: cannot convert from the published layout: {err}") from err
     exclude = tuple(exclude)
     own_roots = {k.split(".", 1)[0] for k in own}
     features_only = bool(getattr(model, "features_only", False))
@@ -531,14 +815,21 @@ def load_into(
     if not report.fits and strict:
         msg = format_mismatch(f"checkpoint {source} ({how})", type(model).__name__, missing, unexpected, mismatched)
         extra_lines = adapter.hints(weights, own, mismatched) if adapter and adapter.hints else []
-        if any(k.startswith(("head.", "fc.", "classifier.")) for k, _, _ in mismatched):
+        clf = classifier_name(model)
+        if clf and mismatched and not (missing or unexpected) and all(
+            k.startswith(clf + ".") for k, _, _ in mismatched
+        ):
+            n = next(s[0] for k, s, _ in mismatched if len(s) >= 1)
             extra_lines.append(
-                "  hint: the classifier size differs: create the model with the checkpoint's num_classes "
-                "(then call model.reset_classifier(n)), or exclude the classifier"
+                f"  hint: only the classifier differs: the file has {n} classes (command line: "
+                f"--num-classes {n}; Python: create_model(..., num_classes={n}), then reset_classifier(k) to "
+                "fine-tune), or exclude the classifier"
             )
         raise CheckpointMismatchError("\n".join([msg, *extra_lines]))
     bad = {k for k, _, _ in mismatched}
     to_load = {k: v for k, v in weights.items() if k not in bad and (k in own or (extra and extra(k)))}
+    if not allow_nonfinite:
+        check_finite(to_load, source)
     model.load_state_dict(to_load, strict=False)
     report.loaded = len(to_load)
     return report

@@ -38,7 +38,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from swtasks.checkpoint import extract_state_dict, load_into, read_checkpoint
+from swtasks.checkpoint import (
+    architecture_options,
+    classifier_classes,
+    extract_state_dict,
+    file_num_classes,
+    load_into,
+    read_checkpoint,
+    refuse_loading_options,
+)
 from swtasks.errors import UserError
 from swtasks.models import create_model, get_data_config
 from swtasks.models.deploy import _as_list, example_batch, reparameterize_verified
@@ -47,6 +55,8 @@ __all__ = [
     "DEFAULT_OPSET",
     "FORMATS",
     "ExportError",
+    "ExportOptionError",
+    "MissingExtraError",
     "ExportReport",
     "export_model",
     "export_module",
@@ -67,7 +77,16 @@ _EXTRA = "pip install 'swtasks[export]'"
 
 
 class ExportError(UserError, RuntimeError):
-    """An export that cannot be produced, or whose file does not reproduce the eager model."""
+    """An export that cannot be produced, or whose file does not reproduce the eager model (tools/export.py:
+    "failed", exit status 1)."""
+
+
+class ExportOptionError(UserError, ValueError):
+    """A bad export option (format, sizes, tolerance): a user error (exit status 2; a ValueError as before)."""
+
+
+class MissingExtraError(UserError, ModuleNotFoundError):
+    """An optional dependency (the ``export`` extra) is not installed."""
 
 
 @dataclass
@@ -155,14 +174,14 @@ def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
     """The export format: ``fmt`` when given (checked), else from the file suffix (.onnx, .pt2, .pt/.ts)."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            raise ExportOptionError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
         return fmt
     name = os.fspath(path).lower()
     for f, suffixes in SUFFIXES.items():
         if name.endswith(suffixes):
             return f
     known = ", ".join(f"{s} ({f})" for f, ss in SUFFIXES.items() for s in ss)
-    raise ValueError(
+    raise ExportOptionError(
         f"cannot tell the export format of {os.fspath(path)!r}: give --format or a suffix: {known}"
     )
 
@@ -175,7 +194,7 @@ def _require_onnx() -> None:
         except ImportError:
             missing.append(mod)
     if missing:
-        raise ModuleNotFoundError(f"ONNX export and its check need {', '.join(missing)}: {_EXTRA}")
+        raise MissingExtraError(f"ONNX export and its check need {', '.join(missing)}: {_EXTRA}")
 
 
 def _trace_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool):
@@ -257,6 +276,14 @@ def _compare(got: list[torch.Tensor], want: list[torch.Tensor], batch: int) -> t
             f"batch of {batch}: the exported model returns shapes {[tuple(g.shape) for g in got]}, the eager "
             f"model {[tuple(w.shape) for w in want]}"
         )
+    for name, outs in (("eager model", want), ("exported file", got)):
+        bad = [i for i, t in enumerate(outs) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:  # a NaN difference would compare as no difference at all (max(0.0, nan) is 0.0)
+            raise ExportError(
+                f"batch of {batch}: the {name}'s output{'s' if len(bad) > 1 else ''} "
+                f"{', '.join(map(str, bad))} hold{'' if len(bad) > 1 else 's'} NaN or inf: nothing to check "
+                "against; nothing written"
+            )
     abs_diff = rel_diff = 0.0
     for g, w in zip(got, want):
         d = (g.double() - w.double()).abs().max().item()
@@ -292,9 +319,9 @@ def export_module(
     """
     fmt = format_of(output, format)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        raise ExportOptionError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not tolerance > 0:
-        raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+        raise ExportOptionError(f"tolerance must be > 0, got {tolerance!r}")
     if fmt == "onnx":
         _require_onnx()
     model.eval()
@@ -304,7 +331,7 @@ def export_module(
     trace_batch = max(batch_size, 2) if dynamic_batch else batch_size
     example = example_batch(model, batch=trace_batch, size=image_size, seed=0)
     if example.shape[-1] != image_size:
-        raise ValueError(f"image_size {image_size} is smaller than {type(model).__name__}'s smallest input "
+        raise ExportOptionError(f"image_size {image_size} is smaller than {type(model).__name__}'s smallest input "
                          f"({example.shape[-1]})")
     checked = (1, 3) if dynamic_batch else (batch_size,)
     notes: list[str] = []
@@ -353,21 +380,27 @@ def export_module(
     )
 
 
-def _file_settings(obj: Any) -> dict[str, Any]:
-    """num_classes / overrides / deploy recorded in a weights file: this toolkit's ``meta`` (converters,
-    exports, re-parameterisations) or a Lightning checkpoint's ``hyper_parameters`` (tools/train_cls.py)."""
+def _file_settings(obj: Any, source: str) -> dict[str, Any]:
+    """num_classes / architecture overrides / deploy recorded in a weights file: this toolkit's ``meta``
+    (converters, exports, re-parameterisations) or a Lightning checkpoint's ``hyper_parameters``
+    (tools/train_cls.py). Only architecture options are taken (swtasks.checkpoint.architecture_options): a
+    file that records a loading option (checkpoint_path, trust_pickle, weights, ...) is refused."""
     if not isinstance(obj, Mapping):
         return {}
     meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
     hp = obj.get("hyper_parameters") if isinstance(obj.get("hyper_parameters"), Mapping) else {}
     out: dict[str, Any] = {}
-    for src in (hp, meta):
-        if src.get("num_classes") is not None:
-            out["num_classes"] = int(src["num_classes"])
+    refuse_loading_options({k: v for k, v in hp.items() if k not in ("trust_pickle", "allow_download")},
+                           source=source, field="hyper_parameters")
+    for where, src in (("hyper_parameters", hp), ("meta", meta)):
+        n = file_num_classes(src.get("num_classes"), source=source, field=f"{where}['num_classes']")
+        if n is not None:
+            out["num_classes"] = n
         for key in ("overrides", "backbone_kwargs"):
-            if isinstance(src.get(key), Mapping):
-                out.setdefault("overrides", {}).update(src[key])
-        if src.get("deploy"):
+            if src.get(key) is not None:
+                opts = architecture_options(src[key], source=source, field=f"{where}[{key!r}]")
+                out.setdefault("overrides", {}).update(opts)
+        if src.get("deploy") is True:
             out["deploy"] = True
     return out
 
@@ -388,14 +421,17 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     tolerance: float = 1e-4,
     trust_pickle: bool = False,
+    allow_download: bool = False,
 ) -> ExportReport:
     """Build registry model ``name`` (weights from ``checkpoint``: any file
     ``create_model(checkpoint_path=...)`` reads, .safetensors included), optionally fold it into its deploy
     structure (verified), and export it with :func:`export_module`.
 
-    The file's recorded settings are used unless given: ``num_classes`` and the architecture overrides from
-    its ``meta`` (or a Lightning checkpoint's hyper-parameters), and a deploy-structure file
-    (``meta['deploy']``) builds the deploy structure directly. ``image_size`` defaults to the variant's data
+    The file's recorded settings are used unless given: ``num_classes`` (else the size of the file's
+    classifier) and the architecture overrides from its ``meta`` (or a Lightning checkpoint's
+    hyper-parameters; architecture options only, a file recording a loading option is refused), and a
+    deploy-structure file (``meta['deploy']``) builds the deploy structure directly. Non-finite weights are
+    refused (NonFiniteWeightsError), and so is a URL unless ``allow_download``. ``image_size`` defaults to the variant's data
     config (224).
     """
     overrides = dict(overrides or {})
@@ -404,13 +440,19 @@ def export_model(
     settings: dict[str, Any] = {}
     obj = None
     if checkpoint is not None:
-        obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
-        settings = _file_settings(obj)
-        extract_state_dict(obj, source=os.fspath(checkpoint))  # a file without weights fails here, named
+        obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle, allow_download=allow_download)
+        settings = _file_settings(obj, os.fspath(checkpoint))
+        sd = extract_state_dict(obj, source=os.fspath(checkpoint))  # a file without weights fails here, named
     kwargs = {**settings.get("overrides", {}), **overrides}
-    if num_classes is None:
-        num_classes = settings.get("num_classes", data_cfg.get("num_classes", 1000))
     deploy_file = bool(settings.get("deploy"))
+    if num_classes is None:
+        num_classes = settings.get("num_classes")
+    if num_classes is None and obj is not None and not features_only:
+        # a plain state dict records nothing: its classifier says how many classes it was trained for
+        probe = create_model(name, deploy=deploy_file, **kwargs)
+        num_classes = classifier_classes(probe, sd, source=os.fspath(checkpoint))
+    if num_classes is None:
+        num_classes = data_cfg.get("num_classes", 1000)
     net = create_model(name, num_classes=int(num_classes), deploy=deploy_file, features_only=features_only,
                        **kwargs)
     if obj is not None:

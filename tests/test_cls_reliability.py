@@ -182,6 +182,19 @@ def test_ckpt_path_last_without_a_last_checkpoint_is_one_line(folder, tmp_path, 
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
 
 
+def test_a_weights_file_given_to_ckpt_path_is_named(folder, tmp_path, monkeypatch, capsys):
+    """A weights file (no training state) to --ckpt_path: one line saying so and naming --model.weights (was
+    KeyError: 'pytorch-lightning_version')."""
+    from swtasks.checkpoint import save_weights
+
+    net = ClassificationModule("shiftwise_atto", num_classes=3, backbone_kwargs=TINY).backbone
+    weights = tmp_path / "backbone.pth"
+    save_weights(weights, {f"backbone.{k}": v for k, v in net.state_dict().items()})
+    for sub in ("validate", "fit"):
+        err = cli([sub, *small(folder, tmp_path), "--ckpt_path", str(weights)], monkeypatch, capsys)
+        assert f"{weights} is a weights file" in err and "--model.weights" in err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -105,6 +105,16 @@ def test_missing_fields_are_errors_naming_file_id_and_field(coco):
         ),
         (lambda d: d["categories"][1].update(name="circle"), "config class not in 'categories'", "['disk']"),
         (lambda d: d["images"][1].update(file_name="nope.jpg"), "image file not found", "train2017/nope.jpg"),
+        # two ids of one name: MMDetection maps names to labels, one label more than the heads have
+        (
+            lambda d: d["categories"].append({"id": 9, "name": "square", "supercategory": "shape"}),
+            "duplicate category name",
+            "'square' is the name of category ids",
+        ),
+        (lambda d: d["images"][0].update(id=[1]), "id not an integer", "images[0]: id [1]"),
+        (lambda d: d["annotations"][0].update(category_id="1"), "id not an integer", "category_id '1'"),
+        (lambda d: d["categories"][0].update(id=1.5), "id not an integer", "categories[0]: id 1.5"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4]), "malformed bbox", "negative width or height"),
     ],
 )
 def test_inconsistent_annotations_are_errors(coco, mutate, kind, text):
@@ -184,6 +194,32 @@ def test_a_training_set_left_empty_is_an_error(coco):
 
 
 # ---------------------------------------------------------------------------------------------- ADE20K
+def test_empty_corrupt_and_huge_image_files_are_errors_before_decoding(coco):
+    from swtasks.mm.data_check import DataCheckError
+
+    root, path, data = coco
+    names = [osp.join(root, "train2017", im["file_name"]) for im in data["images"]]
+    open(names[0], "wb").close()  # 0 bytes
+    with open(names[1], "wb") as f:
+        f.write(b"this is no image")
+    with pytest.raises(DataCheckError) as info:
+        check(root)
+    text = str(info.value)
+    assert f"empty image file (0 bytes): {names[0]}" in text and f"unreadable image file: {names[1]}" in text
+
+
+def _declare_size(png_path, width: int, height: int) -> None:
+    """Rewrite a PNG's IHDR to declare another size (CRC fixed): a header that promises 30000x30000 pixels."""
+    import struct
+    import zlib
+
+    data = bytearray(open(png_path, "rb").read())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    open(png_path, "wb").write(bytes(data))
+
+
 @pytest.fixture
 def ade(tmp_path):
     from swtasks.mm.testing import make_tiny_ade20k
@@ -241,6 +277,10 @@ def test_label_map_size_mode_and_presence(ade):
         check_seg(root)
     maps[0].unlink()
     with pytest.raises(DataCheckError, match=rf"image without a label map: .* no {maps[0]}"):
+        check_seg(root)
+    # a label map whose header declares 30000 x 30000 pixels: refused from the header, nothing decoded
+    _declare_size(maps[1], 30000, 30000)
+    with pytest.raises(DataCheckError, match=rf"image too large: {maps[1]}"):
         check_seg(root)
 
 

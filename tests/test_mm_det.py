@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import swtasks.mm  # noqa: F401  (registers the backbones; mmengine compatibility)
+from swtasks.errors import UserError
 
 pytestmark = pytest.mark.mm
 
@@ -313,7 +314,7 @@ def test_command_line_options_reach_the_config(tmp_path):
     cfg = cfg_of("test", [CONFIG, "model.pth", "--out", str(tmp_path / "p.pkl")])
     assert cfg.load_from == "model.pth" and cfg.launcher == "none"
     assert [e["type"] for e in cfg.test_evaluator] == ["CocoMetric", "DumpDetResults"]
-    with pytest.raises(SystemExit, match="--out must be a .pkl file"):
+    with pytest.raises(UserError, match="--out must be a .pkl file"):
         cfg_of("test", [CONFIG, "model.pth", "--out", str(tmp_path / "p.json")])
     with pytest.raises(SystemExit):
         _parser("det", "train").parse_args([CONFIG, "--launcher", "mpirun"])
@@ -323,8 +324,9 @@ def test_cli_rejects_missing_config(tmp_path):
     """Plumbing test: the error message names the file."""
     from swtasks.mm.cli import main
 
-    with pytest.raises(SystemExit, match="config file not found: .*nope.py"):
+    with pytest.raises(SystemExit, match="config file not found: .*nope.py") as info:
         main("det", "train", [str(tmp_path / "nope.py")])
+    assert info.value.code == 2
 
 
 @pytest.mark.parametrize(

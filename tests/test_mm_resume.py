@@ -133,7 +133,8 @@ def test_damaged_checkpoints_are_named_at_load(uninterrupted, tmp_path):
     for (mode, argv), path, what in cases:
         with pytest.raises(SystemExit) as info:
             main("det", mode, argv)
-        message = str(info.value.code)
+        assert info.value.code == 2
+        message = str(info.value)
         assert message.startswith(f"tools/{mode}_det.py: error: {path}: "), message
         assert what in message and "\n" not in message, message
 

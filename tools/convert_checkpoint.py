@@ -31,13 +31,15 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--arch", help="variant of the source's family, e.g. tiny (shorthand for --model)")
     add_override_option(parser, help="model override (repeatable)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of IN (trusted files)")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="IN may be an http(s) URL: downloaded, then read like a local file")
     args = parser.parse_args(argv)
     if args.model and args.arch:
         parser.error("give --model or --arch, not both")
     model = args.model or f"{known[args.source]}_{args.arch or 'tiny'}"
     meta = convert_checkpoint_file(
         args.input, args.output, source=args.source, model=model, trust_pickle=args.trust_pickle,
-        **dict(args.overrides),
+        allow_download=args.allow_download, **dict(args.overrides),
     )
     print(
         f"wrote {args.output}: {meta['architecture']}, num_classes={meta['num_classes']}, "

@@ -42,6 +42,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest accepted max|diff| / max|output| (default 1e-4)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of FILE (trusted)")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="FILE may be an http(s) URL: downloaded, then read like a local file")
     args = parser.parse_args(argv)
 
     try:
@@ -50,7 +52,7 @@ def _main(argv: list[str] | None) -> int:
             reparameterize=args.reparameterize, image_size=args.image_size, dynamic_batch=args.dynamic_batch,
             batch_size=args.batch_size, num_classes=args.num_classes, features_only=args.features_only,
             overrides=dict(args.overrides), opset=args.opset, tolerance=args.tolerance,
-            trust_pickle=args.trust_pickle,
+            trust_pickle=args.trust_pickle, allow_download=args.allow_download,
         )
     except ExportError as e:
         print(f"export.py: failed: {e}", file=sys.stderr)
@@ -61,10 +63,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from swtasks.checkpoint import CheckpointError, CheckpointMismatchError
-
-    return run_tool(_main, argv, prog="export.py", user_errors=(
-        CheckpointError, CheckpointMismatchError, FileNotFoundError, ValueError, ImportError))
+    return run_tool(_main, argv, prog="export.py")
 
 
 if __name__ == "__main__":

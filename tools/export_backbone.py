@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reparameterize", action="store_true", help="fold into the deploy structure first")
     p.add_argument("--no-head", action="store_true", help="drop the classifier (head.*)")
     p.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of CHECKPOINT (trusted files)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="CHECKPOINT may be an http(s) URL: downloaded, then read like a local file")
     args = p.parse_args(argv)
 
     from swtasks.cliutil import run_tool
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     def export(_) -> None:
         meta = export_backbone(
             args.checkpoint, args.output, ema=args.ema, reparameterize=args.reparameterize, drop_head=args.no_head,
-            trust_pickle=args.trust_pickle,
+            trust_pickle=args.trust_pickle, allow_download=args.allow_download,
         )
         print(
             f"wrote {args.output}: {meta['backbone']} ({'EMA' if meta['ema'] else 'raw'} weights, "

@@ -30,6 +30,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the output comparison")
     parser.add_argument("--verify-size", type=int, default=64, help="image size of the verification batch")
     parser.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of IN (trusted files)")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="IN may be an http(s) URL: downloaded, then read like a local file")
     args = parser.parse_args(argv)
 
     from swtasks.models.deploy import reparameterize_file
@@ -37,6 +39,7 @@ def _main(argv: list[str] | None) -> int:
     meta = reparameterize_file(
         args.input, args.output, model=args.model, num_classes=args.num_classes, overrides=dict(args.overrides),
         verify=not args.no_verify, verify_size=args.verify_size, trust_pickle=args.trust_pickle,
+        allow_download=args.allow_download,
     )
     if meta["verified_relative_error"] is not None:
         print(f"verify: relative error of the deploy outputs {meta['verified_relative_error']:.2e}")

@@ -28,11 +28,12 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from ..checkpoint import is_remote
 from ..errors import EXIT_PREEMPTED, EXIT_USER_ERROR
 from .callbacks import Checkpoint, LearningCurves, PredictionWriter, SlurmRequeue
 from .data import ImageClassificationDataModule
 from .errors import USER_ERRORS, InputError, one_line
-from .io import AtomicCheckpointIO, read_lightning_checkpoint
+from .io import AtomicCheckpointIO, model_options_from_file, read_lightning_checkpoint
 from .module import ClassificationModule
 from .transforms import data_config
 
@@ -81,9 +82,24 @@ class ClassificationCLI(LightningCLI):
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "fit":
-            from jsonargparse import ActionYesNo
+        from jsonargparse import ActionYesNo
 
+        parser.add_argument(
+            "--trust_pickle",
+            type=bool,
+            default=False,
+            help="Read --ckpt_path with full unpickling, which runs code the file holds: only for files you "
+            "trust (without it checkpoints are read weights-only). --model.trust_pickle does the same for "
+            "--model.weights.",
+        )
+        parser.add_argument(
+            "--allow_download",
+            type=bool,
+            default=False,
+            help="--ckpt_path may be an http(s) URL: it is downloaded to the swtasks cache and read like a "
+            "local file (weights-only unless --trust_pickle). Without it only local files are read.",
+        )
+        if subcommand == "fit":
             parser.add_argument(
                 "--lr_find",
                 action=ActionYesNo,
@@ -97,31 +113,35 @@ class ClassificationCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Take the model's hyper-parameters from ``--ckpt_path`` (as LightningCLI does), reading the file
-        weights-only: a missing, truncated or corrupt checkpoint is one error naming the file."""
+        weights-only: a missing, truncated or corrupt checkpoint is one error naming the file. Only model
+        options are taken, and never one that loads another file or picks code to run (model_options_from_file)."""
         sub = self.config.get("subcommand")
-        path = self.config[sub].get("ckpt_path") if sub else None
-        if not path or not Path(path).is_file():  # "last", "best", URLs: read by the trainer's checkpoint IO
-            return
-        ckpt = read_lightning_checkpoint(path)
-        hparams = dict(ckpt.get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
+        cfg = self.config[sub] if sub else None
+        path = cfg.get("ckpt_path") if cfg else None
+        if not path or path in ("last", "best", "hpc", "registry") or not (Path(path).is_file() or is_remote(path)):
+            return  # "last"/"best" are found by the trainer; a missing path is named by the checkpoint IO
+        ckpt = read_lightning_checkpoint(path, **self._ckpt_read_options(), for_trainer=True)
+        hparams = model_options_from_file(ckpt.get("hyper_parameters"), source=str(path))
         if not hparams:
             return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        else:  # options this version no longer has (e.g. model.pretrained, now model.weights) are dropped
-            accepted = inspect.signature(ClassificationModule.__init__).parameters
-            dropped = sorted(k for k in hparams if k not in accepted)
-            for k in dropped:
-                hparams.pop(k)
-            if dropped:
-                print(f"{path}: ignoring model options this version does not have: {', '.join(dropped)}", file=sys.stderr)
+        accepted = inspect.signature(ClassificationModule.__init__).parameters
+        dropped = sorted(k for k in hparams if k not in accepted)  # options this version no longer has
+        for k in dropped:
+            hparams.pop(k)
+        if dropped:
+            print(f"{path}: ignoring model options this version does not have: {', '.join(dropped)}", file=sys.stderr)
         self._hparams_from = str(path)
         try:
             self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
         except SystemExit:
             sys.stderr.write(f"the hyper-parameters of {path} do not parse as model options\n")
             raise
+
+    def _ckpt_read_options(self) -> dict:
+        """How ``--ckpt_path`` is read: the subcommand's ``--trust_pickle`` / ``--allow_download`` opt-ins."""
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        return {"trust_pickle": bool(cfg.get("trust_pickle")), "allow_download": bool(cfg.get("allow_download"))}
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -150,7 +170,7 @@ class ClassificationCLI(LightningCLI):
         plugins = cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins = plugins + [AtomicCheckpointIO()]
+            plugins = plugins + [AtomicCheckpointIO(**self._ckpt_read_options())]
         if self.subcommand == "fit" and SLURMEnvironment.detect() and not any(
             isinstance(p, ClusterEnvironment) for p in plugins
         ):

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_into, save_weights
+from ..checkpoint import file_num_classes, load_into, save_weights
 from .errors import InputError
-from .io import read_lightning_checkpoint
+from .io import model_options_from_file, read_lightning_checkpoint
 from .module import BACKBONE_PREFIX, EMA_PREFIX
 
 
@@ -44,18 +44,21 @@ def export_backbone(
     reparameterize: bool = False,
     drop_head: bool = False,
     trust_pickle: bool = False,
+    allow_download: bool = False,
 ) -> dict[str, Any]:
     """Write the exported backbone to ``output``; returns the file's ``meta`` dict. ``reparameterize`` folds
     into the deploy structure and verifies the outputs (swtasks.models.deploy.reparameterize_verified)."""
     import swtasks
     from swtasks.models.deploy import reparameterize_verified
 
-    ckpt = read_lightning_checkpoint(checkpoint, trust_pickle=trust_pickle)
-    hp = dict(ckpt.get("hyper_parameters") or {})
+    ckpt = read_lightning_checkpoint(checkpoint, trust_pickle=trust_pickle, allow_download=allow_download, opt_ins={})  # the library's names
+    hp = model_options_from_file(ckpt.get("hyper_parameters"), source=os.fspath(checkpoint))
     name = hp.get("backbone")
     if not isinstance(name, str):
         raise InputError("the checkpoint's hyper-parameters name no registry backbone (model.backbone)")
-    num_classes = int(hp.get("num_classes", 1000))
+    n = file_num_classes(hp.get("num_classes", 1000), source=os.fspath(checkpoint),
+                         field="hyper_parameters['num_classes']")
+    num_classes = 1000 if n is None else n
     kwargs = dict(hp.get("backbone_kwargs") or {})
     model = swtasks.create_model(name, num_classes=num_classes, **kwargs)
     prefix = EMA_PREFIX if ema else BACKBONE_PREFIX

@@ -13,7 +13,15 @@ import re
 
 from torch import nn
 
-from ..checkpoint import CheckpointError, CheckpointMismatchError, classifier_name, format_mismatch, load_into
+from ..checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    classifier_name,
+    format_mismatch,
+    is_remote,
+    load_into,
+    name_opt_ins,
+)
 from .errors import InputError
 
 __all__ = ["classifier_prefix", "freeze_stages", "load_weights", "stage_of"]
@@ -28,19 +36,22 @@ def classifier_prefix(net: nn.Module) -> str:
     return name + "." if name else "head."
 
 
-def load_weights(net: nn.Module, path: str | os.PathLike, *, trust_pickle: bool = False) -> str:
+def load_weights(net: nn.Module, path: str | os.PathLike, *, trust_pickle: bool = False,
+                 allow_download: bool = False) -> str:
     """Load ``path`` into ``net`` (any file ``create_model(checkpoint_path=...)`` reads). Keys outside the
     classifier must all fit; a classifier of another class count (or none in the file) stays freshly
     initialised. Returns a one-line description of what was loaded; raises InputError naming the file and
     every mismatched key otherwise."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not is_remote(path) and not os.path.isfile(path):
         raise InputError(f"model.weights: {path} does not exist")
     head = classifier_prefix(net)
     try:
-        report = load_into(net, path, prefix="backbone.", strict=False, trust_pickle=trust_pickle)
+        report = load_into(net, path, prefix="backbone.", strict=False, trust_pickle=trust_pickle,
+                           allow_download=allow_download)
     except (CheckpointError, CheckpointMismatchError) as e:
-        raise InputError(f"model.weights: {e}") from e
+        text = name_opt_ins(str(e), trust="--model.trust_pickle true", download="--model.allow_download true")
+        raise InputError(f"model.weights: {text}") from e
     bad_missing = [k for k in report.missing if not k.startswith(head)]
     bad_shape = [m for m in report.mismatched if not m[0].startswith(head)]
     if bad_missing or report.unexpected or bad_shape:

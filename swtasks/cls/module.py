@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..checkpoint import adapter_of, compare_state_dicts, format_mismatch
+from ..checkpoint import NonFiniteWeightsError, adapter_of, check_finite, compare_state_dicts, format_mismatch
 from ..models.param_groups import param_groups
 from . import finetune
 from .ema import ModelEMA
@@ -95,6 +95,7 @@ class ClassificationModule(L.LightningModule):
             reads (a converted published checkpoint, an exported backbone, a Lightning checkpoint of this
             toolkit). The classifier is re-initialised when its class count differs.
         trust_pickle: read ``weights`` with full unpickling (only for files you trust).
+        allow_download: ``weights`` may be an http(s) URL: downloaded, then read like a local file.
         freeze_stages: freeze the stem and the first N stages (parameters and BatchNorm statistics).
         backbone_kwargs: extra overrides passed to ``create_model`` (kernel sizes, ...).
         lr: peak learning rate (after warm-up) for a total batch of ``base_batch_size``; the run uses
@@ -127,6 +128,7 @@ class ClassificationModule(L.LightningModule):
         drop_path_rate: float = 0.1,
         weights: str | None = None,
         trust_pickle: bool = False,
+        allow_download: bool = False,
         freeze_stages: int = 0,
         backbone_kwargs: dict[str, Any] | None = None,
         lr: float = 4e-3,
@@ -190,7 +192,7 @@ class ClassificationModule(L.LightningModule):
             net = create_backbone(
                 backbone, num_classes=num_classes, drop_path_rate=drop_path_rate, **(backbone_kwargs or {})
             )
-        self.weights_report = load_weights(net, weights, trust_pickle=trust_pickle) if weights else None
+        self.weights_report = load_weights(net, weights, trust_pickle=trust_pickle, allow_download=allow_download) if weights else None
         if self.weights_report:
             rank_zero_info(self.weights_report)
         self._frozen = finetune.freeze_stages(net, freeze_stages)
@@ -485,6 +487,11 @@ class ClassificationModule(L.LightningModule):
         other backbone options), before Lightning's strict load fails with a long traceback."""
         own = {k: v for k, v in self.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
         theirs = {k: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
+        try:
+            check_finite({k: v for k, v in sd.items() if k.startswith((BACKBONE_PREFIX, EMA_PREFIX))},
+                         str(getattr(self._trainer, "ckpt_path", None) or "the checkpoint"))
+        except NonFiniteWeightsError as e:
+            raise InputError(str(e)) from e
         extra = getattr(adapter_of(self.backbone), "extra", None)
         missing, unexpected, mismatched = compare_state_dicts(
             own, theirs, extra=(lambda k: bool(extra and extra(k[len(BACKBONE_PREFIX) :])))

@@ -15,6 +15,7 @@ from typing import Any
 from swtasks.checkpoint import (
     classifier_name,
     extract_state_dict,
+    is_loading_option,
     load_into,
     read_checkpoint,
     save_weights,
@@ -53,6 +54,7 @@ def convert_checkpoint_file(
     source: str,
     model: str,
     trust_pickle: bool = False,
+    allow_download: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Convert ``src_path`` (in the ``source`` layout) into the weights of registry model ``model`` (training
@@ -68,7 +70,8 @@ def convert_checkpoint_file(
     if family_of(model) != family:
         raise ConversionError(f"--source {source} converts {family}_* models, not {model!r}")
     src_path = os.fspath(src_path)
-    sd = extract_state_dict(read_checkpoint(src_path, trust_pickle=trust_pickle), source=src_path)
+    sd = extract_state_dict(read_checkpoint(src_path, trust_pickle=trust_pickle, allow_download=allow_download),
+                            source=src_path)
     adapter = checkpoint_adapter(model)
     net = create_model(model, **overrides)
     weights, _ = select_weights(sd, net.state_dict().keys(), source=src_path)
@@ -90,7 +93,7 @@ def convert_checkpoint_file(
         "source": source,
         "architecture": model,
         "num_classes": getattr(net, "num_classes", None),
-        "overrides": {k: v for k, v in overrides.items() if k != "num_classes"},
+        "overrides": {k: v for k, v in overrides.items() if k != "num_classes" and not is_loading_option(k)},
         "converted_from": os.path.basename(src_path),
         "tensors": report.loaded,
     }

@@ -25,6 +25,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from swtasks.checkpoint import CheckpointMismatchError, LoadReport, load_into, read_checkpoint
+from swtasks.mm.checkpoint_io import loading_options
 
 # variant aliases between families that spell sizes differently (shiftwise_tiny vs unireplknet_t)
 _SIZE_ALIASES = {
@@ -327,12 +328,11 @@ class RegistryBackbone(BaseModule):
         ``ignored``). With ``strict=False`` the fitting tensors load and the rest is logged.
         """
         source = checkpoint if isinstance(checkpoint, str) else "state dict"
-        if isinstance(checkpoint, str) and "://" in checkpoint:
-            from mmengine.runner import CheckpointLoader
-
-            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
-        elif isinstance(checkpoint, str):
-            checkpoint = read_checkpoint(checkpoint, trust_pickle=trust_pickle, map_location=map_location)
+        if isinstance(checkpoint, str):
+            # the run's opt-ins (--trust-pickle, --allow-download: swtasks.mm.checkpoint_io), never the config's
+            opts = loading_options()
+            checkpoint = read_checkpoint(checkpoint, trust_pickle=trust_pickle or opts.trust_pickle,
+                                         map_location=map_location, allow_download=opts.allow_download)
         target = f"{type(self).__name__}(arch={self.arch!r}{', deploy=True' if self.deploy else ''})"
         try:
             report = load_into(self._net, checkpoint, prefix=prefix, strict=True, source=source)

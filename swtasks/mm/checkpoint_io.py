@@ -14,22 +14,80 @@ things, for local paths only (other backends keep mmengine's behaviour):
 - ``mmengine.runner.checkpoint.save_checkpoint`` (and the Runner's reference to it) writes through
   ``swtasks.checkpoint.atomic_torch_save``: a hidden temporary file in the same directory, fsync, ``os.replace``.
   A kill at any moment leaves either the previous state or the complete new file.
-- mmengine's local checkpoint loader (``--resume``, ``load_from``, the test tools, mmengine's own
-  ``Pretrained`` initialiser) first runs :func:`swtasks.checkpoint.verify_checkpoint_file`, which
-  raises :class:`swtasks.checkpoint.CheckpointError` naming the file for an empty, truncated, non-PyTorch or CRC-corrupt file;
-  the tools print it as one line.
+- mmengine's checkpoint loaders (``--resume``, ``load_from``, the test tools, mmengine's own
+  ``Pretrained`` initialiser, a backbone's ``init_cfg``) read through :func:`swtasks.checkpoint.read_checkpoint`:
+  weights-only (plus the plain data types mmengine's checkpoints hold, allowed when ``swtasks.mm`` is
+  imported), CRC-checked, a URL (``https://``, ``open-mmlab://``, ``s3://``, ... every remote scheme
+  mmengine knows) refused unless the run opted in, and a state dict holding NaN or inf refused. Each
+  failure is a :class:`swtasks.checkpoint.CheckpointError` naming the file; the tools print it as one line.
+
+The opt-ins hold for the duration of :func:`checkpoint_loading` (the tools' ``--trust-pickle`` and
+``--allow-download``); outside it every read is weights-only and local.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import os.path as osp
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
-from swtasks.checkpoint import atomic_torch_save, verify_checkpoint_file
+import torch
 
-__all__ = ["atomic_save_checkpoint", "install"]
+from swtasks.checkpoint import (
+    DOWNLOAD_OPT_IN,
+    CheckpointError,
+    atomic_torch_save,
+    check_finite,
+    fetch_remote,
+    read_checkpoint,
+    verify_checkpoint_file,  # noqa: F401  (re-exported: the check this module's loaders run)
+)
+
+__all__ = ["LoadingOptions", "atomic_save_checkpoint", "checkpoint_loading", "install", "loading_options"]
+
+
+@dataclass(frozen=True)
+class LoadingOptions:
+    """The user's opt-ins for the checkpoints a Runner reads (from the command line, never from a file)."""
+
+    trust_pickle: bool = False
+    allow_download: bool = False
+
+
+_OPTIONS = LoadingOptions()
+
+
+def loading_options() -> LoadingOptions:
+    """The opt-ins in force (see :func:`checkpoint_loading`)."""
+    return _OPTIONS
+
+
+@contextlib.contextmanager
+def checkpoint_loading(trust_pickle: bool = False, allow_download: bool = False):
+    """The opt-ins for the checkpoints read inside the block (``--resume``, ``load_from``, test, a backbone's
+    ``init_cfg``): default weights-only and local files only. ``trust_pickle=True`` (``--trust-pickle``)
+    allows full unpickling, also for torch.load calls of mmengine that do not go through the loaders
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``); ``allow_download=True`` (``--allow-download``) lets an http(s)
+    URL be downloaded and then read like a local file."""
+    global _OPTIONS
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    old_env, old_options = os.environ.get(key), _OPTIONS
+    _OPTIONS = replace(_OPTIONS, trust_pickle=trust_pickle, allow_download=allow_download)
+    if trust_pickle:
+        os.environ[key] = "1"
+    try:
+        yield _OPTIONS
+    finally:
+        _OPTIONS = old_options
+        if trust_pickle:
+            if old_env is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old_env
 
 _ORIGINAL_SAVE = None
-_ORIGINAL_LOCAL_LOADER = None
 
 
 def atomic_save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=None):
@@ -49,23 +107,43 @@ def atomic_save_checkpoint(checkpoint, filename, file_client_args=None, backend_
 
 
 def load_from_local(filename, map_location):
-    """mmengine's local checkpoint loader after :func:`verify_checkpoint_file` (mmengine logs the loader's
-    name after its ``load_from_`` prefix: "local")."""
+    """mmengine's local checkpoint loader, through :func:`swtasks.checkpoint.read_checkpoint` (weights-only
+    unless ``--trust-pickle``; CRC-checked; named errors) and refusing non-finite weights (mmengine logs
+    the loader's name after its ``load_from_`` prefix: "local")."""
     path = osp.expanduser(str(filename))
-    if osp.isfile(path):
-        verify_checkpoint_file(path)
-    return _ORIGINAL_LOCAL_LOADER(filename, map_location)
+    opts = loading_options()
+    obj = read_checkpoint(path, trust_pickle=opts.trust_pickle, map_location=map_location,
+                          allow_download=opts.allow_download)
+    weights = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
+    if isinstance(weights, Mapping):
+        check_finite({k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}, path)
+    return obj
+
+
+def load_from_remote(filename, map_location):
+    """Every remote scheme mmengine knows (http(s), open-mmlab, torchvision, mmcls, pavi, s3, ...): refused
+    unless ``--allow-download``; then an http(s) URL is downloaded and read like a local file."""
+    opts = loading_options()
+    if not opts.allow_download:
+        raise CheckpointError(
+            f"{filename}: a remote checkpoint; the mm tools read local files only unless you opt in with "
+            f"{DOWNLOAD_OPT_IN}"
+        )
+    return load_from_local(fetch_remote(str(filename), allow_download=True), map_location)
 
 
 def install() -> None:
     """Make mmengine's checkpoint writes atomic and its local reads checked (see the module docstring)."""
-    global _ORIGINAL_SAVE, _ORIGINAL_LOCAL_LOADER
+    global _ORIGINAL_SAVE
     import mmengine.runner.checkpoint as mm_checkpoint
     import mmengine.runner.runner as mm_runner
 
     if _ORIGINAL_SAVE is None:
         _ORIGINAL_SAVE = mm_checkpoint.save_checkpoint
-        _ORIGINAL_LOCAL_LOADER = mm_checkpoint.CheckpointLoader._schemes[""]
     mm_checkpoint.save_checkpoint = atomic_save_checkpoint
     mm_runner.save_checkpoint = atomic_save_checkpoint
-    mm_checkpoint.CheckpointLoader.register_scheme(prefixes="", loader=load_from_local, force=True)
+    loader = mm_checkpoint.CheckpointLoader
+    loader.register_scheme(prefixes="", loader=load_from_local, force=True)
+    remote = [p for p in loader._schemes if p and loader._schemes[p] is not load_from_remote]
+    if remote:
+        loader.register_scheme(prefixes=remote, loader=load_from_remote, force=True)

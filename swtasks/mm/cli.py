@@ -16,6 +16,9 @@ import os
 import os.path as osp
 from collections.abc import Sequence
 
+from swtasks.checkpoint import fetch_remote, is_remote
+from swtasks.errors import UserError
+
 FRAMEWORKS = {"det": "mmdet", "seg": "mmseg"}
 
 
@@ -84,16 +87,28 @@ def _parser(task: str, mode: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher"
     )
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="let torch.load unpickle arbitrary objects in checkpoints (load_from, --resume, downloaded files); "
-        "only for files you trust. Without it checkpoints are read weights-only (plus the plain data types "
-        "mmengine's own checkpoints hold)",
-    )
+    add_loading_options(p)
     # torch.distributed.launch passes --local-rank (torchrun sets LOCAL_RANK instead)
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return p
+
+
+def add_loading_options(p: argparse.ArgumentParser) -> None:
+    """``--trust-pickle`` and ``--allow-download``: the user's opt-ins for every checkpoint a run reads
+    (load_from, --resume, the test checkpoint, a backbone's init_cfg); see swtasks.mm.checkpoint_io."""
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="let torch.load unpickle arbitrary objects in checkpoints (load_from, --resume, the test checkpoint, "
+        "a backbone's init_cfg, downloaded files); only for files you trust. Without it checkpoints are read "
+        "weights-only (plus the plain data types mmengine's own checkpoints hold)",
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a checkpoint be an http(s) URL: it is downloaded to the swtasks cache and read like a local "
+        "file (weights-only unless --trust-pickle). Without it only local files are read.",
+    )
 
 
 def _replace_root(value, old: str | None, new: str):
@@ -143,38 +158,21 @@ def set_data_root(cfg, new_root: str) -> list[str]:
     return changed
 
 
-@contextlib.contextmanager
-def checkpoint_loading(trust_pickle: bool = False):
-    """How the Runner's own ``torch.load`` calls (``--resume``, ``load_from``, test) read checkpoints.
-
-    Default: weights-only (torch >= 2.6's default), with the plain data types that mmengine's checkpoints
-    hold allowed (``swtasks.mm.allow_mmengine_checkpoint_types``, done when ``swtasks.mm`` is imported): a
-    file that needs anything else is refused with torch's message naming the type. ``trust_pickle=True``
-    (``--trust-pickle``) restores full unpickling for the duration, for files you trust.
-    """
-    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-    old = os.environ.get(key)
-    if trust_pickle:
-        os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if trust_pickle:
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
 def load_config(args, task: str, mode: str):
     from mmengine.config import Config
 
     if not osp.isfile(args.config):
-        raise SystemExit(f"config file not found: {args.config}")
-    cfg = Config.fromfile(args.config)
+        raise UserError(f"config file not found: {args.config}")
+    try:
+        cfg = Config.fromfile(args.config)
+    except (SyntaxError, KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as e:
+        raise UserError(f"{args.config}: cannot read the config: {type(e).__name__}: {e}") from e
     cfg.launcher = args.launcher
     if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        try:
+            cfg.merge_from_dict(args.cfg_options)
+        except (TypeError, KeyError, ValueError) as e:
+            raise UserError(f"--cfg-options: {e}") from e
     if args.data_root:
         set_data_root(cfg, args.data_root)
     from .own_data import prepare_config_data
@@ -194,7 +192,7 @@ def load_config(args, task: str, mode: str):
                 cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
         if args.auto_scale_lr:
             if not cfg.get("auto_scale_lr") or "base_batch_size" not in cfg.auto_scale_lr:
-                raise SystemExit("--auto-scale-lr: the config has no auto_scale_lr.base_batch_size")
+                raise UserError("--auto-scale-lr: the config has no auto_scale_lr.base_batch_size")
             cfg.auto_scale_lr.enable = True
         if args.resume == "auto":
             cfg.resume = True
@@ -274,7 +272,7 @@ def add_show_dir(cfg, task: str, show_dir: str) -> str:
 def _add_dump(cfg, task: str, out: str) -> None:
     if task == "det":
         if not out.endswith((".pkl", ".pickle")):
-            raise SystemExit(f"--out must be a .pkl file for detection, got {out!r}")
+            raise UserError(f"--out must be a .pkl file for detection, got {out!r}")
         dump = dict(type="DumpDetResults", out_file_path=out)
         ev = cfg.test_evaluator
         cfg.test_evaluator = [*ev, dump] if isinstance(ev, (list, tuple)) else [ev, dump]
@@ -283,7 +281,7 @@ def _add_dump(cfg, task: str, out: str) -> None:
         evs = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
         ious = [ev for ev in evs if ev.get("type") == "IoUMetric"]
         if not ious:
-            raise SystemExit(
+            raise UserError(
                 f"--out needs an IoUMetric in test_evaluator, found {[e.get('type') for e in evs]}"
             )
         for ev in ious:
@@ -307,25 +305,87 @@ def main(task: str, mode: str, argv: Sequence[str] | None = None):
         )
     args = _parser(task, mode).parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    import swtasks.mm  # noqa: F401  (registers the backbones even for configs without custom_imports)
-    from swtasks.checkpoint import CheckpointError
+    prog = f"tools/{mode}_{task}.py"
+    with user_errors_as_exit(prog):
+        import swtasks.mm  # noqa: F401  (registers the backbones even for configs without custom_imports)
 
-    from .checkpoint_io import install
-    from .data_check import DataCheckError
+        from .checkpoint_io import checkpoint_loading, install
 
-    install()  # atomic checkpoint writes, checked reads
-    try:
+        install()  # atomic checkpoint writes, checked reads
         cfg = load_config(args, task, mode)
+        for value in (cfg.get("load_from"), args.resume if mode == "train" else None):
+            if isinstance(value, str) and value != "auto" and is_remote(value) and not args.allow_download:
+                fetch_remote(value)  # refused here, before anything is built (the message names the opt-in)
         if not args.skip_data_check:
             check_data(cfg, mode)
-        with checkpoint_loading(args.trust_pickle):
+        with checkpoint_loading(args.trust_pickle, args.allow_download):
             runner = _build_runner(cfg)
             if mode == "train":
                 runner.train()
                 return runner
+            check_checkpoint_fits(runner, cfg.load_from)
             return runner.test()
-    except (CheckpointError, DataCheckError) as e:
-        raise SystemExit(f"tools/{mode}_{task}.py: error: {e}") from None
+
+
+@contextlib.contextmanager
+def user_errors_as_exit(prog: str):
+    """A user error (swtasks.errors.UserError: unreadable or refused checkpoints, bad data, bad options)
+    inside the block prints one line ``PROG: error: ...`` and exits with status 2 (SWTASKS_DEBUG=1 shows the
+    traceback); anything else is a bug and keeps its traceback."""
+    import sys
+
+    from swtasks.errors import EXIT_USER_ERROR
+
+    try:
+        yield
+    except UserError as e:
+        if os.environ.get("SWTASKS_DEBUG"):
+            raise
+        text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        message = f"{prog}: error: {text}"
+        print(message, file=sys.stderr, flush=True)
+        raise ToolExit(message, EXIT_USER_ERROR) from None
+
+
+class ToolExit(SystemExit):
+    """SystemExit with the status of a user error whose ``str`` is the message the tool printed (for
+    callers that run the tools in-process, e.g. tests)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_checkpoint_fits(runner, checkpoint) -> None:
+    """Before a test run: the checkpoint's model weights must fit the built model exactly (mmengine loads
+    with strict=False and only logs the differences, so a checkpoint of another model would be evaluated
+    as a partly random one). Raises CheckpointMismatchError naming the keys."""
+    from mmengine.model import is_model_wrapper
+
+    from swtasks.checkpoint import (
+        CheckpointMismatchError,
+        compare_state_dicts,
+        extract_state_dict,
+        format_mismatch,
+    )
+
+    from .checkpoint_io import load_from_local, loading_options
+
+    if not checkpoint:
+        return
+    local = fetch_remote(checkpoint, allow_download=loading_options().allow_download) if is_remote(checkpoint) else checkpoint
+    sd = extract_state_dict(load_from_local(local, "cpu"), source=str(checkpoint))
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("data_preprocessor.")}
+    theirs = {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
+    missing, unexpected, mismatched = compare_state_dicts(own, theirs)
+    if missing or unexpected or mismatched:
+        msg = format_mismatch(f"checkpoint {checkpoint}", f"the model of the config ({type(model).__name__})",
+                              missing, unexpected, mismatched, limit=5)
+        raise CheckpointMismatchError(msg.replace("\n", ";") + "; was it written by a run of this config?")
 
 
 def check_data(cfg, mode: str):

@@ -11,15 +11,20 @@ warning. The behaviour is documented in docs/reliability.md, "Detection and segm
 COCO (``CocoDataset``): errors for a file that is not JSON, a missing ``images`` / ``annotations`` /
 ``categories`` list, an image without ``id``/``file_name``/``width``/``height``, an annotation without
 ``id``/``image_id``/``category_id``/``bbox``/``area`` (and ``segmentation`` when the pipeline loads masks),
-a ``bbox`` that is not four finite numbers, duplicate ids, an ``image_id`` or ``category_id`` that names
-nothing, a config class missing from ``categories``, image files that do not exist, and a training set
-left empty by the filters. Warnings (MMDetection's own rules, made visible): zero-area boxes (area <= 0 or
+a ``bbox`` that is not four finite numbers or has a negative width or height, ids that are not integers,
+duplicate ids, two categories of one name (MMDetection maps names to labels: one more label than the heads
+have), an ``image_id`` or ``category_id`` that names nothing, a config class missing from ``categories``,
+image files that do not exist, are empty, cannot be opened or declare more pixels than PIL's
+decompression-bomb threshold (read from the header, before any decoding), and a training set left empty
+by the filters. Warnings (MMDetection's own rules, made visible): zero-area boxes (area <= 0 or
 w < 1 or h < 1) and boxes entirely outside the image are dropped; boxes partly outside are kept and clipped
 to the image by the pipeline's ``Resize`` (``clip_object_border=True``); training images without
 annotations are dropped when ``filter_cfg.filter_empty_gt`` is set (val/test keep every image).
 
 ADE20K-style segmentation (``BaseSegDataset`` subclasses with an image and a label-map directory): errors
-for an image without its label map, a label map that is not single-channel, a label map whose size differs
+for an image without its label map, an image or label map that is empty, unreadable or declares more pixels
+than PIL's decompression-bomb threshold (checked from the header before decoding), a label map that is not
+single-channel, a label map whose size differs
 from the image's (both sizes named), and label values outside the valid set (the values and the file
 named): 0..num_classes and 255 in the PNG with ``reduce_zero_label`` (0 = "other" and 255 become the ignore
 index), else 0..num_classes-1 and the ignore index.
@@ -42,6 +47,7 @@ from swtasks.errors import UserError
 __all__ = ["DataCheckError", "DataReport", "check_ade20k", "check_coco", "check_config_data"]
 
 MAX_LISTED = 5  # problems listed per kind; the rest are counted
+MAX_PIXELS = 89_478_485  # PIL's decompression-bomb warning threshold: larger files are refused before decoding
 
 
 class DataCheckError(UserError, ValueError):
@@ -120,6 +126,11 @@ def check_coco(
         missing = [k for k in IMAGE_FIELDS if not isinstance(img, dict) or k not in img]
         if missing:
             problems.add("image without a required field", f"images[{i}] (id {_id(img)}) has no {missing}")
+        elif not _int_id(img["id"]):
+            problems.add("id not an integer", f"images[{i}]: id {img['id']!r}")
+            continue  # (an unhashable id cannot be remembered as broken either)
+        elif not isinstance(img["file_name"], str) or not img["file_name"]:
+            problems.add("image without a file name", f"image id {img['id']}: file_name {img['file_name']!r}")
         elif not (
             _number(img["width"]) and _number(img["height"]) and img["width"] > 0 and img["height"] > 0
         ):
@@ -131,7 +142,26 @@ def check_coco(
             continue
         if isinstance(img, dict) and "id" in img:
             broken.add(img["id"])
-    categories = {c.get("id"): c.get("name") for c in coco["categories"] if isinstance(c, dict)}
+    categories: dict = {}
+    names_seen: dict = {}
+    for i, c in enumerate(coco["categories"]):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            problems.add("category without id or name", f"categories[{i}]: {c!r}"[:200])
+        elif not _int_id(c["id"]):
+            problems.add("id not an integer", f"categories[{i}]: id {c['id']!r}")
+        elif not isinstance(c["name"], str) or not c["name"]:
+            problems.add("category without a name", f"category id {c['id']}: name {c['name']!r}")
+        elif c["id"] in categories:
+            problems.add("duplicate category id", f"category id {c['id']} (categories[{i}])")
+        elif c["name"] in names_seen:
+            # the dataset maps names to labels: two ids of one name give more labels than the heads have
+            problems.add(
+                "duplicate category name",
+                f"{c['name']!r} is the name of category ids {names_seen[c['name']]} and {c['id']}",
+            )
+        else:
+            categories[c["id"]] = c["name"]
+            names_seen[c["name"]] = c["id"]
     if classes is not None:
         absent = [c for c in classes if c not in categories.values()]
         if absent:
@@ -153,6 +183,10 @@ def check_coco(
         if missing:
             problems.add("annotation without a required field", f"{where} has no {missing}")
             continue
+        bad_ids = [k for k in ("id", "image_id", "category_id") if not _int_id(ann[k])]
+        if bad_ids:
+            problems.add("id not an integer", f"annotations[{i}]: " + ", ".join(f"{k} {ann[k]!r}" for k in bad_ids))
+            continue
         if ann["id"] in seen_ann:
             problems.add("duplicate annotation id", where)
         seen_ann.add(ann["id"])
@@ -166,6 +200,9 @@ def check_coco(
         bbox = ann["bbox"]
         if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_number(v) for v in bbox)):
             problems.add("malformed bbox", f"{where}: bbox {bbox!r} (want [x, y, width, height])")
+            continue
+        if bbox[2] < 0 or bbox[3] < 0:
+            problems.add("malformed bbox", f"{where}: negative width or height in bbox {bbox!r} (want [x, y, width, height])")
             continue
         if not _number(ann["area"]):
             problems.add("malformed area", f"{where}: area {ann['area']!r}")
@@ -197,11 +234,10 @@ def check_coco(
             counts["crowd"] += 1
         valid_per_image[ann["image_id"]] += 1
 
-    missing_files = [
-        img["file_name"] for img in images.values() if not osp.isfile(osp.join(img_dir, img["file_name"]))
-    ]
-    for name in missing_files:
-        problems.add("image file not found", osp.join(img_dir, name))
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        for result in pool.map(lambda img: _check_image_file(osp.join(img_dir, img["file_name"])), images.values()):
+            if result is not None:
+                problems.add(*result)
     problems.raise_if_any()
 
     report = DataReport(ann_file, images=len(images))
@@ -259,6 +295,33 @@ def check_coco(
     return report
 
 
+def _int_id(value) -> bool:
+    """COCO ids are integers (pycocotools and MMDetection index dicts with them)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_image_file(path: str, max_pixels: int | None = None) -> tuple[str, str] | None:
+    """A problem with an image file (missing, empty, not an image PIL can open, more pixels than
+    ``max_pixels``: PIL's decompression-bomb threshold by default), found from its header; None when fine."""
+    from PIL import Image
+
+    if not osp.isfile(path):
+        return "image file not found", path
+    if osp.getsize(path) == 0:
+        return "empty image file (0 bytes)", path
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS or MAX_PIXELS
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as e:
+        return "image too large", f"{path}: {e}"
+    except (OSError, SyntaxError, ValueError) as e:  # PIL reports unknown or damaged headers as these
+        return "unreadable image file", f"{path}: {e}"
+    if w * h > limit:
+        return "image too large", f"{path}: declares {w}x{h} pixels (more than {limit:,})"
+    return None
+
+
 def _id(entry) -> str:
     return repr(entry.get("id")) if isinstance(entry, dict) and "id" in entry else "?"
 
@@ -306,6 +369,10 @@ def check_ade20k(
         seg_path = osp.join(ann_dir, name[: -len(img_suffix)] + seg_map_suffix)
         if not osp.isfile(seg_path):
             return "image without a label map", f"{img_path}: no {seg_path}"
+        for path in (img_path, seg_path):
+            problem = _check_image_file(path)
+            if problem is not None:
+                return problem
         try:
             with Image.open(img_path) as im:
                 img_size = im.size
@@ -317,7 +384,7 @@ def check_ade20k(
                     )
                 seg_size = seg.size
                 values = np.asarray(seg)
-        except OSError as e:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             return "unreadable file", f"{img_path} / {seg_path}: {e}"
         if seg_size != img_size:
             return (

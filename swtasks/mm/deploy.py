@@ -20,14 +20,22 @@ from collections.abc import Sequence
 
 import torch
 
-from ..checkpoint import read_checkpoint, save_weights
+from ..checkpoint import (
+    CheckpointMismatchError,
+    check_finite,
+    compare_state_dicts,
+    format_mismatch,
+    read_checkpoint,
+    save_weights,
+)
+from ..errors import UserError
 from ..models.deploy import reparameterize_verified
 
 
 def _model_registry(cfg):
     scope = cfg.get("default_scope") or "mmdet"
     if scope not in ("mmdet", "mmseg"):
-        raise ValueError(f"default_scope {scope!r}: only mmdet and mmseg configs are supported")
+        raise UserError(f"default_scope {scope!r}: only mmdet and mmseg configs are supported")
     from mmengine.registry import init_default_scope
 
     init_default_scope(scope)
@@ -39,7 +47,7 @@ def _model_registry(cfg):
 def _backbone_cfg(model_cfg):
     bb = model_cfg.get("backbone")
     if bb is None:
-        raise ValueError("the config's model has no backbone")
+        raise UserError("the config's model has no backbone")
     return bb
 
 
@@ -68,7 +76,7 @@ def _backbone_to_fold(model):
     """The backbone wrapper that offers ``reparameterize()`` (it folds its whole network)."""
     bb = getattr(model, "backbone", None)
     if bb is None or not callable(getattr(bb, "reparameterize", None)):
-        raise ValueError(f"{type(model).__name__} has no re-parameterisable backbone (no reparameterize())")
+        raise UserError(f"{type(model).__name__} has no re-parameterisable backbone (no reparameterize())")
     return bb
 
 
@@ -82,35 +90,39 @@ def reparameterize_checkpoint(
     input_size: Sequence[int] = (2, 3, 128, 128),
     rtol: float = 1e-4,
     trust_pickle: bool = False,
+    allow_download: bool = False,
 ) -> dict:
     """Convert ``checkpoint`` (trained with ``config``) to the deploy structure; returns a report dict."""
     from mmengine.config import Config
 
     if os.fspath(out).endswith(".safetensors"):
-        raise ValueError(
+        raise UserError(
             f"{out}: the mmengine Runner (tools/test_det.py, load_from) reads .pth checkpoints only; write a .pth "
             "(tools/export_backbone.py writes backbone weights as .safetensors)"
         )
+    if not isinstance(config, Config) and not osp.isfile(config):
+        raise UserError(f"config file not found: {config}")
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if _backbone_cfg(cfg.model).get("deploy", False):
-        raise ValueError("the config's backbone is already deploy=True; give the training config")
-    obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
+        raise UserError("the config's backbone is already deploy=True; give the training config")
+    obj = read_checkpoint(checkpoint, trust_pickle=trust_pickle, allow_download=allow_download)
     from .own_data import follow_checkpoint_classes
 
     follow_checkpoint_classes(cfg, obj)  # a run on its own data set the heads from the command line
-    if not isinstance(obj, dict) or "state_dict" not in obj:
-        raise ValueError(
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise UserError(
             f"{checkpoint}: expected a checkpoint written by the mmengine Runner (with 'state_dict')"
         )
     model = build_model(cfg)
-    result = model.load_state_dict(obj["state_dict"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{checkpoint} does not fit the config's model: missing {result.missing_keys[:10]}, "
-            f"unexpected {result.unexpected_keys[:10]}"
-        )
+    missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), obj["state_dict"])
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(format_mismatch(
+            f"checkpoint {checkpoint}", "the config's model", missing, unexpected, mismatched, limit=5
+        ).replace("\n", ";"))
+    check_finite(obj["state_dict"], os.fspath(checkpoint))  # NaN would fold into NaN and pass no check
+    model.load_state_dict(obj["state_dict"], strict=True)
     x = torch.randn(*input_size, generator=torch.Generator().manual_seed(0))
     # verified in place: backbone + neck features before and after folding (swtasks.models.deploy)
     folded = reparameterize_verified(
@@ -156,7 +168,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--input-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="check input size"
     )
     p.add_argument("--trust-pickle", action="store_true", help="allow a full unpickle of CHECKPOINT (trusted files)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="CHECKPOINT may be an http(s) URL: downloaded, then read like a local file")
     args = p.parse_args(argv)
+    from .cli import user_errors_as_exit
+
+    with user_errors_as_exit("tools/reparameterize_mm.py"):
+        return _run(args)
+
+
+def _run(args) -> dict:
     report = reparameterize_checkpoint(
         args.config,
         args.checkpoint,
@@ -166,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         verify=not args.no_verify,
         input_size=(1, 3, *args.input_size),
         trust_pickle=args.trust_pickle,
+        allow_download=args.allow_download,
     )
     diff = f", relative feature error {report['relative_error']:.2e}" if report["relative_error"] is not None else ""
     print(f"wrote {report['checkpoint']} and {report['config']}{diff}")

@@ -15,11 +15,17 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from swtasks.errors import UserError
 import torch.nn as nn
 
-from swtasks.checkpoint import load_into, meta_of, read_checkpoint, save_weights
+from swtasks.checkpoint import (
+    file_num_classes,
+    is_loading_option,
+    load_into,
+    meta_of,
+    read_checkpoint,
+    save_weights,
+)
+from swtasks.errors import UserError
 
 from .registry import create_model
 
@@ -103,13 +109,14 @@ def reparameterize_file(
     verify: bool = True,
     verify_size: int = 64,
     trust_pickle: bool = False,
+    allow_download: bool = False,
 ) -> dict[str, Any]:
     """Load a training-structure weights file into registry model ``model``, fold it (verified) and write the
     deploy weights to ``dst`` (``{"state_dict", "meta"}``; .safetensors by extension). Returns the meta."""
     overrides = dict(overrides or {})
-    obj = read_checkpoint(src, trust_pickle=trust_pickle)  # read once: for its meta and for the weights
+    obj = read_checkpoint(src, trust_pickle=trust_pickle, allow_download=allow_download)  # read once: for its meta and for the weights
     if num_classes is None:
-        found = meta_of(obj).get("num_classes")
+        found = file_num_classes(meta_of(obj).get("num_classes"), source=os.fspath(src))
         num_classes = 1000 if found is None else found
     net = create_model(model, num_classes=int(num_classes), **overrides)
     load_into(net, obj, source=os.fspath(src))
@@ -118,7 +125,7 @@ def reparameterize_file(
     meta = {
         "architecture": model,
         "num_classes": int(num_classes),
-        "overrides": overrides,
+        "overrides": {k: v for k, v in overrides.items() if not is_loading_option(k)},
         "deploy": True,
         "source": os.path.abspath(os.fspath(src)),
         "verified_relative_error": report["relative_error"],

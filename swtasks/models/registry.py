@@ -194,6 +194,7 @@ def create_model(
     features_only: bool = False,
     out_indices: tuple[int, ...] = (0, 1, 2, 3),
     trust_pickle: bool = False,
+    allow_download: bool = False,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model.
@@ -207,7 +208,8 @@ def create_model(
       weights-only and loaded strictly by `swtasks.checkpoint.load_into`: a mismatch raises
       CheckpointMismatchError listing the missing, unexpected and mis-shaped keys. With features_only the
       checkpoint's classifier is ignored and the per-output norms may be absent. `trust_pickle=True`
-      allows a file that holds other Python objects (only for files you trust).
+      allows a file that holds other Python objects (only for files you trust); `allow_download=True` lets
+      `checkpoint_path` be an http(s) URL (downloaded, then read like a local file).
     - `pretrained=True` needs `checkpoint_path` (nothing can be downloaded).
     """
     entry = _entry(name)
@@ -228,7 +230,7 @@ def create_model(
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name for the same dict
     if checkpoint_path is not None:
-        load_into(model, checkpoint_path, trust_pickle=trust_pickle)
+        load_into(model, checkpoint_path, trust_pickle=trust_pickle, allow_download=allow_download)
     return model
 
 
