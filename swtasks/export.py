@@ -49,7 +49,7 @@ from swtasks.checkpoint import (
 )
 from swtasks.errors import UserError
 from swtasks.models import create_model, get_data_config
-from swtasks.models.deploy import _as_list, example_batch, reparameterize_verified
+from swtasks.models.deploy import _as_list, example_batch, has_training_structure, reparameterize_verified
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -371,7 +371,7 @@ def export_module(
             os.replace(os.path.join(work, name), os.path.join(directory, name))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    deploy = bool(getattr(model, "deploy", False)) or not callable(getattr(model, "reparameterize", None))
+    deploy = not has_training_structure(model)
     return ExportReport(
         path=output, format=fmt, structure="deploy" if deploy else "training",
         image_size=image_size, dynamic_batch=dynamic_batch, checked_batches=checked, max_abs_diff=abs_diff,

@@ -29,7 +29,13 @@ from swtasks.errors import UserError
 
 from .registry import create_model
 
-__all__ = ["ReparameterizationError", "reparameterize_file", "reparameterize_verified"]
+__all__ = [
+    "NothingToFoldError",
+    "ReparameterizationError",
+    "has_training_structure",
+    "reparameterize_file",
+    "reparameterize_verified",
+]
 
 
 class ReparameterizationError(UserError, RuntimeError):
@@ -44,6 +50,20 @@ def _as_list(out: Any) -> list[torch.Tensor]:
     if isinstance(out, dict):
         return [t for o in out.values() for t in _as_list(o)]
     raise TypeError(f"cannot compare outputs of type {type(out).__name__}")
+
+
+class NothingToFoldError(UserError, ValueError):
+    """A model without a re-parameterisation (no reparameterize(), no layer in training structure)."""
+
+
+def has_training_structure(model: nn.Module) -> bool:
+    """Whether ``model`` or one of its layers can still be folded (a ``reparameterize()`` and ``deploy``
+    False): a registry model in training structure, or a foreign model with converted shift-wise layers."""
+    if callable(getattr(model, "reparameterize", None)):
+        return not getattr(model, "deploy", False)
+    return any(
+        callable(getattr(m, "reparameterize", None)) and getattr(m, "deploy", None) is False for m in model.modules()
+    )
 
 
 def example_batch(model: nn.Module, batch: int = 2, size: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -73,9 +93,15 @@ def reparameterize_verified(
     "relative_error"}`` (the error is None without a check).
     """
     if fold is None:
-        if not callable(getattr(model, "reparameterize", None)):
-            raise ValueError(f"{type(model).__name__} has no reparameterize(): nothing to fold")
-        fold = model.reparameterize
+        if callable(getattr(model, "reparameterize", None)):
+            fold = model.reparameterize
+        elif has_training_structure(model):  # a foreign model with converted layers (swtasks.layers.to_shiftwise)
+            from swtasks.layers.convert import reparameterize_shiftwise
+
+            def fold():
+                reparameterize_shiftwise(model)
+        else:
+            raise NothingToFoldError(f"{type(model).__name__} has no reparameterize() and no layer to fold")
     forward = forward or model
     model.eval()
     before_params = sum(p.numel() for p in model.parameters())
