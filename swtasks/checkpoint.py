@@ -104,6 +104,10 @@ class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint does not fit the model: lists the missing, unexpected and mis-shaped keys."""
 
 
+class CheckpointConversionError(CheckpointMismatchError, ValueError):
+    """A family's adapter refused to convert a file from its published layout (its documented ValueError)."""
+
+
 class NonFiniteWeightsError(CheckpointError):
     """A weights file whose tensors hold NaN or infinite values (a diverged run's, or a damaged file): no
     loader that trains, evaluates or exports from it accepts it. The message names the file and the keys."""
@@ -783,7 +787,7 @@ def load_into(
         except (ValueError, KeyError) as err:  # an adapter refuses a file it cannot convert (its documented error)
             if isinstance(err, UserError):
                 raise
-            raise CheckpointMismatchError(f"{source}: cannot convert from the published layout: {err}") from err
+            raise CheckpointConversionError(f"{source}: cannot convert from the published layout: {err}") from err
     exclude = tuple(exclude)
     own_roots = {k.split(".", 1)[0] for k in own}
     features_only = bool(getattr(model, "features_only", False))
