@@ -49,7 +49,7 @@ from swtasks.checkpoint import (
 )
 from swtasks.errors import UserError
 from swtasks.models import create_model, get_data_config
-from swtasks.models.deploy import _as_list, example_batch, has_training_structure, reparameterize_verified
+from swtasks.models.deploy import _as_list, has_training_structure, reparameterize_verified
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -62,6 +62,8 @@ __all__ = [
     "export_module",
     "foreign_operators",
     "format_of",
+    "hw_check_sizes",
+    "parse_image_size",
     "pytorch_operator_path",
     "summary",
 ]
@@ -96,7 +98,7 @@ class ExportReport:
     path: str
     format: str
     structure: str  # "deploy" or "training"
-    image_size: int
+    image_size: int | tuple[int, int]  # N for N x N, else (H, W): the traced size
     dynamic_batch: bool
     checked_batches: tuple[int, ...]
     max_abs_diff: float
@@ -108,6 +110,10 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
     model: str | None = None
     reparameterization_error: float | None = None
+    dynamic_hw: bool = False  # symbolic height and width
+    hw_multiple: int | None = None  # with dynamic_hw: H and W must be multiples of this
+    hw_range: tuple[int, int] | None = None  # with dynamic_hw: the smallest and largest H and W
+    checked_sizes: tuple[tuple[int, int], ...] = ()  # the (H, W) the file was run at
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,19 +203,110 @@ def _require_onnx() -> None:
         raise MissingExtraError(f"ONNX export and its check need {', '.join(missing)}: {_EXTRA}")
 
 
-def _trace_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool):
-    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+def parse_image_size(value: int | str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(H, W) from N, "N", "HxW" or (H, W); ExportOptionError for anything else."""
+    hw: Any = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        parts = text.split("x") if "x" in text else [text]
+        try:
+            hw = [int(p) for p in parts]
+        except ValueError:
+            hw = None
+        if hw is None or len(hw) not in (1, 2):
+            raise ExportOptionError(f"image size {value!r}: give N (N x N) or HxW, e.g. 224 or 320x192")
+    if isinstance(hw, int) and not isinstance(hw, bool):
+        hw = [hw]
+    if not isinstance(hw, (list, tuple)) or len(hw) not in (1, 2) or any(
+        isinstance(v, bool) or not isinstance(v, int) for v in hw
+    ):
+        raise ExportOptionError(f"image size {value!r}: give N (N x N) or HxW, e.g. 224 or 320x192")
+    h, w = (hw[0], hw[0]) if len(hw) == 1 else hw
+    if h < 1 or w < 1:
+        raise ExportOptionError(f"image size {value!r}: height and width must be >= 1")
+    return int(h), int(w)
+
+
+def hw_check_sizes(size: tuple[int, int], multiple: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The three (H, W) a file with a dynamic height and width is run at: the traced size, a taller one and
+    a larger non-square one (e.g. 224x224 -> 288x192, 448x672), each a multiple of ``multiple`` in
+    [lo, hi]; fewer when the range holds fewer distinct sizes."""
+    h, w = size
+
+    def fit(v: int) -> int:
+        return min(max(multiple * round(v / multiple), lo), hi)
+
+    candidates = [(h, w), (fit(h + 2 * multiple), fit(w - multiple)), (fit(2 * h), fit(3 * w)),
+                  (fit(w), fit(h + multiple)), (lo, hi), (hi, lo)]
+    sizes: list[tuple[int, int]] = []
+    for c in candidates:
+        if c not in sizes and len(sizes) < 3:
+            sizes.append(c)
+    return sizes
+
+
+def _image_batch(model: nn.Module, batch: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """A seeded random (batch, in_chans, H, W) batch in the model's dtype and device."""
+    ref = next(iter(model.parameters()), None)
+    x = torch.randn(batch, int(getattr(model, "in_chans", 3)), *size, generator=torch.Generator().manual_seed(seed))
+    return x if ref is None else x.to(device=ref.device, dtype=ref.dtype)
+
+
+def _dynamic_shapes(dynamic_batch: bool, hw: tuple[int, int, int] | None):
+    """torch.export's dynamic_shapes for the one input: a symbolic batch and/or H = W-range multiples."""
+    dims: dict[int, Any] = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1)
+    if hw is not None:
+        multiple, lo, hi = hw
+        dims[2] = multiple * torch.export.Dim("height_blocks", min=lo // multiple, max=hi // multiple)
+        dims[3] = multiple * torch.export.Dim("width_blocks", min=lo // multiple, max=hi // multiple)
+    return (dims,) if dims else None
+
+
+def _refuse_specialised(program, model: nn.Module, hw: tuple[int, int, int] | None) -> None:
+    """ExportError when torch.export fixed a dimension asked to be symbolic (a guard in the model's forward
+    that only holds for the traced size): it does not always fail on such a guard, it may narrow the range."""
+    if hw is None:
+        return
+    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder"
+                       and n.name not in program.graph_signature.inputs_to_parameters
+                       and n.name not in program.graph_signature.inputs_to_buffers)
+    shape = placeholder.meta["val"].shape
+    for axis, what in ((2, "height"), (3, "width")):
+        dim = shape[axis]
+        fixed = None
+        if not isinstance(dim, torch.SymInt):
+            fixed = int(dim)
+        else:
+            symbols = dim.node.expr.free_symbols
+            ranges = {str(k): v for k, v in program.range_constraints.items()}
+            if any(str(sym) in ranges and ranges[str(sym)].lower == ranges[str(sym)].upper for sym in symbols):
+                fixed = int(placeholder.meta["val"].shape[axis].node.hint or 0) or None
+                fixed = fixed or "the traced size"
+        if fixed is not None:
+            raise ExportError(
+                f"torch.export specialised the input {what} of {type(model).__name__} to {fixed}: a guard in "
+                "its forward holds only for the traced size, so --dynamic-hw cannot be exported for it (find "
+                "the guard with TORCH_LOGS=+dynamic); export fixed sizes with --image-size HxW instead"
+            )
+
+
+def _trace_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool,
+                   hw: tuple[int, int, int] | None = None):
+    shapes = _dynamic_shapes(dynamic_batch, hw)
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=shapes)
     except Exception as err:  # torch.export raises many error types; name the model and the step
         raise ExportError(f"torch.export could not trace {type(model).__name__}: {err}") from err
+    _refuse_specialised(program, model, hw)
     _refuse_foreign(foreign_operators(program), "torch.export/ONNX")
     return program
 
 
-def _write_onnx(model, example, path, *, dynamic_batch, opset, output_names) -> int:
+def _write_onnx(model, example, path, *, dynamic_batch, opset, output_names, hw=None) -> int:
     _require_onnx()
-    program = _trace_program(model, example, dynamic_batch)
+    program = _trace_program(model, example, dynamic_batch, hw)
     try:
         onnx_program = torch.onnx.export(
             program, dynamo=True, opset_version=opset, input_names=["images"], output_names=output_names,
@@ -219,16 +316,19 @@ def _write_onnx(model, example, path, *, dynamic_batch, opset, output_names) -> 
         raise ExportError(
             f"the ONNX exporter (opset {opset}) failed on {type(model).__name__}: {err}"
         ) from err
-    if dynamic_batch:
-        batch_dim = onnx_program.model.graph.inputs[0].shape[0]
-        onnx_program.rename_axes({batch_dim: "batch"})
+    axes = {0: "batch"} if dynamic_batch else {}
+    if hw is not None:
+        axes.update({2: "height", 3: "width"})
+    if axes:
+        shape = onnx_program.model.graph.inputs[0].shape
+        onnx_program.rename_axes({shape[i]: name for i, name in axes.items()})
     onnx_program.save(path)
     imports = {d: v for d, v in onnx_program.model.opset_imports.items()}
     return int(imports.get("", opset))
 
 
-def _write_program(model, example, path, *, dynamic_batch) -> None:
-    torch.export.save(_trace_program(model, example, dynamic_batch), path)
+def _write_program(model, example, path, *, dynamic_batch, hw=None) -> None:
+    torch.export.save(_trace_program(model, example, dynamic_batch, hw), path)
 
 
 def _write_torchscript(model, example, path) -> None:
@@ -302,26 +402,49 @@ def export_module(
     output: str | os.PathLike,
     *,
     format: str | None = None,
-    image_size: int = 224,
+    image_size: int | str | tuple[int, int] = 224,
     dynamic_batch: bool = False,
     batch_size: int = 1,
     opset: int = DEFAULT_OPSET,
     tolerance: float = 1e-4,
+    dynamic_hw: bool = False,
+    hw_multiple: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> ExportReport:
     """Export ``model`` (eval mode; its structure as it is) to ``output`` in ``format`` (default: from the
     suffix), verified; returns an :class:`ExportReport`.
 
-    The input is ``(B, in_chans, image_size, image_size)``. With ``dynamic_batch`` the batch dimension is
-    symbolic (traced with a batch of ``max(batch_size, 2)``; checked with batches 1 and 3), else fixed to
-    ``batch_size`` (checked with that). Raises ExportError when the file differs from the eager model by more
-    than ``tolerance`` (max |diff| / max |eager output|, over all outputs) or a custom operator stays in the
-    graph; the output file is then not written.
+    The input is ``(B, in_chans, H, W)`` with ``image_size`` N (N x N), "HxW" or (H, W). With
+    ``dynamic_batch`` the batch dimension is symbolic (traced with a batch of ``max(batch_size, 2)``; checked
+    with batches 1 and 3), else fixed to ``batch_size`` (checked with that). With ``dynamic_hw`` (ONNX and
+    torch.export; TorchScript is refused) the height and width are symbolic: any multiple of ``hw_multiple``
+    (default: the model's total stride, 32) in ``[min_size, max_size]`` (default: 2 multiples, 4096); the file
+    is traced at ``image_size`` (itself such a multiple) and checked at the three sizes of
+    :func:`hw_check_sizes`, a non-square one among them. Raises ExportError when the file differs from the
+    eager model by more than ``tolerance`` (max |diff| / max |eager output|, over all outputs), a custom
+    operator stays in the graph or torch.export specialises a symbolic height or width; the output file is
+    then not written.
     """
     fmt = format_of(output, format)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportOptionError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not tolerance > 0:
         raise ExportOptionError(f"tolerance must be > 0, got {tolerance!r}")
+    size = parse_image_size(image_size)
+    stride = int(getattr(model, "total_stride", 32))
+    if min(size) < stride:
+        raise ExportOptionError(f"image size {size[0]}x{size[1]} is smaller than {type(model).__name__}'s "
+                                f"smallest input ({stride}, its total stride)")
+    hw = None
+    if dynamic_hw:
+        hw = _hw_range(model, fmt, size, stride, hw_multiple, min_size, max_size)
+        check_sizes = hw_check_sizes(size, *hw)
+    else:
+        if (hw_multiple, min_size, max_size) != (None, None, None):
+            raise ExportOptionError("hw_multiple / min_size / max_size (--hw-multiple, --min-size, --max-size) "
+                                    "need dynamic_hw (--dynamic-hw)")
+        check_sizes = [size]
     if fmt == "onnx":
         _require_onnx()
     model.eval()
@@ -329,11 +452,11 @@ def export_module(
     directory, base = os.path.split(output)
     os.makedirs(directory, exist_ok=True)
     trace_batch = max(batch_size, 2) if dynamic_batch else batch_size
-    example = example_batch(model, batch=trace_batch, size=image_size, seed=0)
-    if example.shape[-1] != image_size:
-        raise ExportOptionError(f"image_size {image_size} is smaller than {type(model).__name__}'s smallest input "
-                         f"({example.shape[-1]})")
+    example = _image_batch(model, trace_batch, size, seed=0)
     checked = (1, 3) if dynamic_batch else (batch_size,)
+    # every size is run; with a dynamic batch each at one of the batches, both batches at least once
+    runs = [(checked[i % len(checked)], hw_size) for i, hw_size in enumerate(check_sizes)]
+    runs += [(b, check_sizes[0]) for b in checked if b not in [r[0] for r in runs]]
     notes: list[str] = []
     work = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
     try:
@@ -347,18 +470,24 @@ def export_module(
             if fmt == "onnx":
                 names = ["logits"] if n_out == 1 else [f"features_{i}" for i in range(n_out)]
                 written_opset = _write_onnx(model, example, tmp, dynamic_batch=dynamic_batch, opset=opset,
-                                            output_names=names)
+                                            output_names=names, hw=hw)
             elif fmt == "export":
                 written_opset = None
-                _write_program(model, example, tmp, dynamic_batch=dynamic_batch)
+                _write_program(model, example, tmp, dynamic_batch=dynamic_batch, hw=hw)
             else:
                 written_opset = None
                 _write_torchscript(model, example, tmp)
             run, runtime = _runner(fmt, tmp)
             abs_diff = rel_diff = 0.0
-            for i, b in enumerate(checked):
-                x = example_batch(model, batch=b, size=image_size, seed=1 + i)
-                a, r = _compare(run(x), _as_list(model(x)), b)
+            for i, (b, hw_size) in enumerate(runs):
+                x = _image_batch(model, b, hw_size, seed=1 + i)
+                try:
+                    got = run(x)
+                except Exception as err:  # a runtime refusing a size the file was meant to take
+                    raise ExportError(f"the {fmt} file of {type(model).__name__} does not run on a batch of "
+                                      f"{b} at {hw_size[0]}x{hw_size[1]}: {str(err).strip().splitlines()[-1]}; "
+                                      "nothing written") from err
+                a, r = _compare(got, _as_list(model(x)), b)
                 abs_diff, rel_diff = max(abs_diff, a), max(rel_diff, r)
         if not rel_diff <= tolerance:
             raise ExportError(
@@ -374,10 +503,40 @@ def export_module(
     deploy = not has_training_structure(model)
     return ExportReport(
         path=output, format=fmt, structure="deploy" if deploy else "training",
-        image_size=image_size, dynamic_batch=dynamic_batch, checked_batches=checked, max_abs_diff=abs_diff,
-        relative_diff=rel_diff, tolerance=tolerance, checked_with=runtime, opset=written_opset,
-        files=[os.path.join(directory, f) for f in files], notes=notes,
+        image_size=size[0] if size[0] == size[1] else size, dynamic_batch=dynamic_batch, checked_batches=checked,
+        max_abs_diff=abs_diff, relative_diff=rel_diff, tolerance=tolerance, checked_with=runtime,
+        opset=written_opset, files=[os.path.join(directory, f) for f in files], notes=notes,
+        dynamic_hw=dynamic_hw, hw_multiple=None if hw is None else hw[0],
+        hw_range=None if hw is None else (hw[1], hw[2]), checked_sizes=tuple(check_sizes),
     )
+
+
+def _hw_range(model, fmt, size, stride, multiple, lo, hi) -> tuple[int, int, int]:
+    """(multiple, min, max) of a dynamic height and width, checked against the traced size."""
+    if fmt == "torchscript":
+        raise ExportOptionError("--dynamic-hw needs --format onnx or export: a TorchScript trace fixes the "
+                                "height and width it was traced at")
+    multiple = stride if multiple is None else multiple
+    lo = 2 * multiple if lo is None else lo
+    hi = 4096 if hi is None else hi
+    for name, v in (("hw_multiple", multiple), ("min_size", lo), ("max_size", hi)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ExportOptionError(f"{name} must be an int >= 1, got {v!r}")
+    if multiple % stride:
+        raise ExportOptionError(f"the height/width multiple {multiple} is not a multiple of "
+                                f"{type(model).__name__}'s total stride {stride}")
+    bad = [f"{n} {v}" for n, v in (("min size", lo), ("max size", hi)) if v % multiple]
+    if bad:
+        raise ExportOptionError(f"{', '.join(bad)}: not a multiple of {multiple} (the height/width multiple)")
+    if lo < stride or lo > hi:
+        raise ExportOptionError(f"size range {lo}..{hi}: needs {stride} <= min size <= max size")
+    if lo // multiple < 2:
+        raise ExportOptionError(f"min size {lo}: at least 2 multiples ({2 * multiple}): torch.export treats a "
+                                "dimension that may be 1 as a special case")
+    if any(v % multiple or not lo <= v <= hi for v in size):
+        raise ExportOptionError(f"image size {size[0]}x{size[1]} (the traced size): height and width must be "
+                                f"multiples of {multiple} in {lo}..{hi}")
+    return multiple, lo, hi
 
 
 def _file_settings(obj: Any, source: str) -> dict[str, Any]:
@@ -412,7 +571,7 @@ def export_model(
     format: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     reparameterize: bool = False,
-    image_size: int | None = None,
+    image_size: int | str | tuple[int, int] | None = None,
     dynamic_batch: bool = False,
     batch_size: int = 1,
     num_classes: int | None = None,
@@ -422,6 +581,10 @@ def export_model(
     tolerance: float = 1e-4,
     trust_pickle: bool = False,
     allow_download: bool = False,
+    dynamic_hw: bool = False,
+    hw_multiple: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> ExportReport:
     """Build registry model ``name`` (weights from ``checkpoint``: any file
     ``create_model(checkpoint_path=...)`` reads, .safetensors included), optionally fold it into its deploy
@@ -431,12 +594,13 @@ def export_model(
     classifier) and the architecture overrides from its ``meta`` (or a Lightning checkpoint's
     hyper-parameters; architecture options only, a file recording a loading option is refused), and a
     deploy-structure file (``meta['deploy']``) builds the deploy structure directly. Non-finite weights are
-    refused (NonFiniteWeightsError), and so is a URL unless ``allow_download``. ``image_size`` defaults to the variant's data
-    config (224).
+    refused (NonFiniteWeightsError), and so is a URL unless ``allow_download``. ``image_size`` (N, "HxW" or
+    (H, W)) defaults to the variant's data config (224); ``dynamic_hw`` and its range: see
+    :func:`export_module`.
     """
     overrides = dict(overrides or {})
     data_cfg = get_data_config(name)
-    image_size = int(image_size or data_cfg["input_size"][-1])
+    size = parse_image_size(image_size or int(data_cfg["input_size"][-1]))
     settings: dict[str, Any] = {}
     obj = None
     if checkpoint is not None:
@@ -466,13 +630,14 @@ def export_model(
         elif not callable(getattr(net, "reparameterize", None)):
             notes.append(f"{name} has no re-parameterisation: its training structure is its deploy structure")
         else:
-            example = example_batch(net, batch=2, size=image_size)
+            example = _image_batch(net, 2, (max(size[0], 32), max(size[1], 32)), seed=0)
             rep = reparameterize_verified(net, example=example)
             rep_error = rep["relative_error"]
             notes.append(f"re-parameterised: {rep['params_before']:,} -> {rep['params_after']:,} parameters, "
                          f"outputs moved by {rep_error:.2e} (relative)")
-    report = export_module(net, output, format=format, image_size=image_size, dynamic_batch=dynamic_batch,
-                           batch_size=batch_size, opset=opset, tolerance=tolerance)
+    report = export_module(net, output, format=format, image_size=size, dynamic_batch=dynamic_batch,
+                           batch_size=batch_size, opset=opset, tolerance=tolerance, dynamic_hw=dynamic_hw,
+                           hw_multiple=hw_multiple, min_size=min_size, max_size=max_size)
     report.model = name
     report.reparameterization_error = rep_error
     report.notes = notes + report.notes
@@ -486,11 +651,19 @@ def summary(report: ExportReport) -> list[str]:
     fmt = {"onnx": f"ONNX opset {report.opset}", "export": "torch.export program",
            "torchscript": "TorchScript"}
     batch = "dynamic batch" if report.dynamic_batch else f"batch {report.checked_batches[0]}"
+    h, w = (report.image_size,) * 2 if isinstance(report.image_size, int) else report.image_size
+    if report.dynamic_hw and report.hw_range is not None:
+        lo, hi = report.hw_range
+        hw = (f"H, W): H and W any multiple of {report.hw_multiple} in {lo}..{hi} (traced at {h}x{w})")
+    else:
+        hw = f"{h}, {w})"
+    sizes = ""
+    if report.dynamic_hw:
+        sizes = f" at {', '.join(f'{a}x{b}' for a, b in report.checked_sizes)}"
     lines = [*report.notes,
-             f"wrote {report.path}: {what} as {fmt[report.format]}, input (B, C, {report.image_size}, "
-             f"{report.image_size}), {batch}",
+             f"wrote {report.path}: {what} as {fmt[report.format]}, input (B, C, {hw}, {batch}",
              f"check: {report.checked_with}, batch{'es' if len(report.checked_batches) > 1 else ''} "
-             f"{', '.join(map(str, report.checked_batches))}: max |diff| "
+             f"{', '.join(map(str, report.checked_batches))}{sizes}: max |diff| "
              f"{report.max_abs_diff:.3g}, relative {report.relative_diff:.3g} "
              f"(tolerance {report.tolerance:g})"]
     extra = [f for f in report.files if f != report.path]

@@ -199,3 +199,79 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
     assert "smaller than" in capsys.readouterr().err
     assert _tool(["shiftwise_nope", tmp_path / "m.onnx"]) == 2
     assert "unknown model 'shiftwise_nope'" in capsys.readouterr().err
+
+
+def _deploy_atto(seed: int = 0, **kwargs) -> nn.Module:
+    """A small deploy-structure ShiftWiseNet (dims 8..64): fast to trace with symbolic sizes."""
+    torch.manual_seed(seed)
+    model = swtasks.create_model("shiftwise_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
+                                 layer_scale_init_value=1.0, **kwargs)
+    model = _randomise(model, seed)
+    model.reparameterize()
+    return model
+
+
+def test_dynamic_height_and_width_run_at_three_sizes_in_onnx_runtime(tmp_path):
+    """--dynamic-hw for the classifier in ONNX: symbolic batch, height and width (named axes), checked by the
+    export at three sizes, one non-square; here again at sizes the export did not check."""
+    from swtasks.export import hw_check_sizes, summary
+
+    model = _deploy_atto(num_classes=10)
+    report = export_module(model, tmp_path / "m.onnx", image_size="64x96", dynamic_batch=True, dynamic_hw=True,
+                           max_size=256)
+    assert report.dynamic_hw and report.hw_multiple == 32 and report.hw_range == (64, 256)
+    assert report.checked_sizes == tuple(hw_check_sizes((64, 96), 32, 64, 256)) == ((64, 96), (128, 64), (128, 256))
+    assert report.relative_diff <= 1e-4 and report.image_size == (64, 96)
+    assert "H and W any multiple of 32 in 64..256 (traced at 64x96)" in "\n".join(summary(report))
+    dims = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+    for seed, (batch, h, w) in enumerate(((2, 96, 64), (1, 160, 224))):
+        x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            assert _relative(_run_onnx(tmp_path / "m.onnx", x), model(x)) <= 1e-4
+
+
+def test_dynamic_hw_features_as_a_program_and_the_refusals(tmp_path, capsys):
+    """--features-only with --dynamic-hw as a torch.export program: the four maps at a non-square size it was
+    not checked at; TorchScript, an off-multiple size and range options without --dynamic-hw are refused in
+    one line each (exit status 2), and nothing is written."""
+    from swtasks.export import ExportOptionError, parse_image_size
+
+    model = _deploy_atto(features_only=True)
+    report = export_module(model, tmp_path / "f.pt2", image_size=64, dynamic_hw=True, max_size=192)
+    assert report.checked_sizes == ((64, 64), (128, 64), (128, 192))
+    program = torch.export.load(str(tmp_path / "f.pt2")).module()
+    x = torch.randn(1, 3, 96, 160, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        maps = program(x)
+        assert [tuple(m.shape[2:]) for m in maps] == [(24, 40), (12, 20), (6, 10), (3, 5)]
+        assert _relative(maps, model(x)) <= 1e-4
+
+    assert parse_image_size("320x192") == (320, 192) and parse_image_size(64) == (64, 64)
+    with pytest.raises(ExportOptionError, match="give N"):
+        parse_image_size("64x")
+    sets = ["--set", "depths=(1, 1, 1, 1)", "--set", "dims=(8, 16, 32, 64)"]
+    cases = [
+        (["m.pt", "--dynamic-hw"], "TorchScript trace fixes the height and width"),
+        (["m.onnx", "--dynamic-hw", "--image-size", "64x80"], "multiples of 32"),
+        (["m.onnx", "--min-size", "64"], "need dynamic_hw"),
+        (["m.onnx", "--image-size", "64by64"], "give N (N x N) or HxW"),
+    ]
+    for argv, message in cases:
+        assert _tool(["shiftwise_atto", tmp_path / argv[0], *argv[1:], *sets]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == ["f.pt2"]
+
+
+def test_tool_exports_a_fixed_rectangular_size(tmp_path, capsys):
+    """--image-size HxW without --dynamic-hw: a fixed non-square input, checked at that size."""
+    out = tmp_path / "r.onnx"
+    rc = _tool(["shiftwise_atto", out, "--image-size", "64x128", "--reparameterize", "--num-classes", "5",
+                "--set", "depths=(1, 1, 1, 1)", "--set", "dims=(8, 16, 32, 64)"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "input (B, C, 64, 128), batch 1" in text
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 64, 128]
+    assert _run_onnx(out, torch.randn(1, 3, 64, 128))[0].shape == (1, 5)

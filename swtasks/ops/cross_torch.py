@@ -66,7 +66,10 @@ def strip_convs(x, w_h, w_v, big_kernel: int, *, needs_grad: bool) -> tuple[Stri
     cpu = x.device.type == "cpu"
     plans = []
     for w, extent, along_w in ((w_h.to(x.dtype).transpose(1, 2), W, True), (w_v.to(x.dtype), H, False)):
-        half = max(min(hi, extent - 1), 0)  # half-length of the centred, cropped strip
+        # half-length of the centred strip, cropped to the image; a symbolic extent (torch.export with a
+        # dynamic height/width) keeps the whole strip: the crop would specialise the export to the traced
+        # size, and the taps it drops only ever read the zero padding
+        half = hi if isinstance(extent, torch.SymInt) else max(min(hi, extent - 1), 0)
         keep_lo = min(lo, half)
         w = w[:, lo - keep_lo : lo + half + 1]  # (C, taps, k), tall
         if half > keep_lo:

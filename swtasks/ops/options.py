@@ -75,7 +75,8 @@ def _tc_takes(dtype: torch.dtype, k: int) -> bool:
 def pick_variant(dtype: torch.dtype, k: int, H: int, W: int) -> str:
     """The 'auto' variant for a dtype and shape (see the module docstring)."""
     name = dtype_name(dtype)
-    measured = MEASURED.get((name, k, H, W))
+    # symbolic sizes (torch.export with a dynamic height/width) are not hashable and match no measured shape
+    measured = MEASURED.get((name, k, H, W)) if isinstance(H, int) and isinstance(W, int) else None
     if measured is not None:
         return measured
     return "tc" if _tc_takes(dtype, k) else "direct"
