@@ -1,7 +1,8 @@
 """ONNX exports of dense-task models (swtasks.mm.export, tools/export_mm.py): the smoke UperNet segmentor end
 to end (RGB 0-255 in, per-class logits at the input size out) and the smoke Mask R-CNN's backbone + neck,
-each checked by the tool in ONNX Runtime against the model mmengine builds from the config, and here again
-against that model at a second size / batch; a detector size off its pad divisor is one line."""
+each checked by the tool in ONNX Runtime against the model mmengine builds from the config (the segmentor
+here again on other images), the detector's features also with a symbolic height and width (batch 2); a
+detector size off its pad divisor, too small a dynamic range and a dynamic segmentor are one line each."""
 
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def _checkpoint(config: str, path) -> str:
     return str(path)
 
 
+def _error_lines(capsys) -> list[str]:
+    """The tool's error lines (mmengine's logger may also write to stderr)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("tools/export_mm.py:")]
+
+
 def _options() -> list[str]:
     return ["--cfg-options", "model.backbone.depths=(1,1,1,1)", "model.backbone.deploy=True"]
 
@@ -69,25 +75,44 @@ def test_segmentor_end_to_end_in_onnx_runtime_against_the_mm_model(tmp_path, cap
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
     assert torch.equal(got.argmax(1), want.argmax(1))
 
+    # a symbolic height and width is refused for a segmentor, in one line naming why
+    with pytest.raises(SystemExit) as exit_:
+        main([SEG, ckpt, str(tmp_path / "dyn.onnx"), "--dynamic-hw", "--trust-pickle", *_options()])
+    assert exit_.value.code == 2 and _error_lines(capsys) == [
+        "tools/export_mm.py: error: --dynamic-hw: not for a segmentor: torch 2.14's ONNX exporter fails to "
+        "decompose the decode head's pyramid pooling (adaptive_avg_pool2d) at a symbolic size; export each "
+        "deployed size with --image-size HxW"]
 
-def test_detector_backbone_and_neck_at_two_sizes_and_a_bad_size(tmp_path, capsys):
+
+def test_detector_backbone_and_neck_and_refusals(tmp_path, capsys):
+    """A fixed 64x96 export of the feature pyramid; a size off the pad divisor and too small a dynamic range
+    are one line each, and write nothing."""
     from swtasks.mm.export import export_mm, main
 
     ckpt = _checkpoint(DET, tmp_path / "det.pth")
-    sizes = {}
-    for size, batch in (("64x96", 1), ("96x64", 2)):
-        report = export_mm(DET, ckpt, tmp_path / f"det_{size}.onnx", image_size=size, batch_size=batch,
-                           cfg_options=SMALL, trust_pickle=True)
-        assert report["kind"] == "detector" and report["relative_diff"] <= 1e-4
-        assert any("backbone + neck only" in n for n in report["notes"])
-        sizes[size] = report["outputs"]
-    assert sizes["64x96"][0] == (1, 32, 16, 24) and sizes["96x64"][0] == (2, 32, 24, 16)
-    assert len(sizes["64x96"]) == 5  # the FPN's levels
-
+    fixed = export_mm(DET, ckpt, tmp_path / "det.onnx", image_size="64x96", cfg_options=SMALL, trust_pickle=True)
+    assert fixed["kind"] == "detector" and fixed["relative_diff"] <= 1e-4
+    assert any("backbone + neck only" in n for n in fixed["notes"])
+    assert fixed["outputs"][0] == (1, 32, 16, 24) and len(fixed["outputs"]) == 5  # the FPN's levels
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main([DET, ckpt, str(tmp_path / "bad.onnx"), "--image-size", "64x80", "--trust-pickle", *_options()])
-    err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and len(err.splitlines()) == 1
-    assert "multiples of its pad_size_divisor 32" in err
-    assert not (tmp_path / "bad.onnx").exists()
+    for extra, message in ((["--image-size", "64x80"], "multiples of its pad_size_divisor 32"),
+                           (["--dynamic-hw", "--min-size", "64", "--image-size", "128"],
+                            "2 x the coarsest feature level's stride (128)")):
+        with pytest.raises(SystemExit) as exit_:
+            main([DET, ckpt, str(tmp_path / "bad.onnx"), "--trust-pickle", *extra, *_options()])
+        lines = _error_lines(capsys)
+        assert exit_.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["det.onnx"]
+
+
+def test_detector_features_with_a_dynamic_height_and_width(tmp_path):
+    """--dynamic-hw for a detector (batch 2): the tool checks the file against the mm model at 128x160,
+    192x128 and 256x256."""
+    from swtasks.mm.export import export_mm
+
+    ckpt = _checkpoint(DET, tmp_path / "det.pth")
+    dyn = export_mm(DET, ckpt, tmp_path / "dyn.onnx", image_size="128x160", batch_size=2, cfg_options=SMALL,
+                    trust_pickle=True, dynamic_hw=True, max_size=256)
+    assert dyn["export"].checked_sizes == ((128, 160), (192, 128), (256, 256))
+    assert dyn["export"].hw_range == (128, 256) and dyn["relative_diff"] <= 1e-4
+    assert dyn["outputs"][0] == (2, 32, 32, 40)

@@ -187,12 +187,20 @@ def export_mm(
     batch_size: int = 1,
     trust_pickle: bool = False,
     allow_download: bool = False,
+    dynamic_hw: bool = False,
+    min_size: int | None = None,
+    max_size: int | None = None,
 ) -> dict:
     """Export the config's segmentor (end to end) or detector (backbone + neck) with the checkpoint's weights
     to the ONNX file ``output`` at ``image_size`` (N, "HxW" or (H, W); default 512x512; a detector's H and W
     must be multiples of its preprocessor's pad_size_divisor), checked (module docstring). Returns a report
     dict: path, kind, image_size, outputs (names and shapes), max_abs_diff / relative_diff against the mm
-    model, the swtasks.export report, notes."""
+    model, the swtasks.export report, notes.
+
+    ``dynamic_hw`` (detectors only): a symbolic height and width, multiples of the pad divisor in
+    ``[min_size, max_size]`` (default: twice the coarsest feature level's stride .. 4096), checked against the
+    mm model at the three sizes of swtasks.export.hw_check_sizes. A segmentor refuses it: torch 2.14's ONNX
+    exporter cannot decompose the decode head's pyramid pooling (adaptive_avg_pool2d) at a symbolic size."""
     if not os.fspath(output).lower().endswith(".onnx"):
         raise UserError(f"{output}: tools/export_mm.py writes ONNX files (.onnx)")
     size = parse_image_size(512 if image_size is None else image_size)
@@ -209,6 +217,10 @@ def export_mm(
             model.test_cfg["mode"] = "whole"
         if getattr(model.data_preprocessor, "test_cfg", None):
             model.data_preprocessor.test_cfg = None  # no test-time padding: the graph takes the size it gets
+        if dynamic_hw:
+            raise UserError("--dynamic-hw: not for a segmentor: torch 2.14's ONNX exporter fails to decompose the "
+                            "decode head's pyramid pooling (adaptive_avg_pool2d) at a symbolic size; export each "
+                            "deployed size with --image-size HxW")
         graph: nn.Module = SegmentorLogits(model)
     else:
         divisor = int(getattr(model.data_preprocessor, "pad_size_divisor", 1) or 1)
@@ -216,22 +228,37 @@ def export_mm(
             raise UserError(f"image size {size[0]}x{size[1]}: a detector's height and width must be multiples "
                             f"of its pad_size_divisor {divisor} (the Runner pads to it)")
         graph = DetectorFeatures(model)
+        if dynamic_hw:
+            with torch.no_grad(), pytorch_operator_path(model):
+                probe = graph.eval()(torch.zeros(1, 3, 4 * divisor, 4 * divisor))
+            coarsest = 4 * divisor // min(f.shape[-2] for f in probe)  # e.g. 64 for an FPN with a P6 level
+            min_size = 2 * coarsest if min_size is None else min_size
+            if min_size < 2 * coarsest:
+                # at a smaller size the coarsest level can be 1 x 1, a case torch.export specialises
+                raise UserError(f"min size {min_size}: a dynamic height and width start at 2 x the coarsest "
+                                f"feature level's stride ({2 * coarsest})")
         notes.append("backbone + neck only: the heads' NMS and RoIAlign (mmcv custom operators, data-dependent "
                      "box counts) have no ONNX translation here")
     graph.eval()
+    multiple = int(getattr(model.data_preprocessor, "pad_size_divisor", 32) or 32) if dynamic_hw else None
     report = export_module(graph, output, format="onnx", image_size=size, batch_size=batch_size, opset=opset,
-                           tolerance=tolerance)
-    images = _images(size, batch_size, seed=7)
+                           tolerance=tolerance, dynamic_hw=dynamic_hw, hw_multiple=multiple, min_size=min_size,
+                           max_size=max_size)
+    abs_diff = rel_diff = 0.0
     try:
-        with pytorch_operator_path(model):
-            want = _mm_reference(model, kind, images)
-        got = _run_onnx(report.path, images)
-        if [tuple(g.shape) for g in got] != [tuple(w.shape) for w in want]:
-            raise ExportError(f"the ONNX file returns shapes {[tuple(g.shape) for g in got]}, the mm model "
-                              f"{[tuple(w.shape) for w in want]}")
-        abs_diff = max(float((g.double() - w.double()).abs().max()) for g, w in zip(got, want))
-        rel_diff = max(float((g.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-12))
-                       for g, w in zip(got, want))
+        for i, hw_size in enumerate(report.checked_sizes or (size,)):
+            images = _images(hw_size, batch_size, seed=7 + i)
+            with pytorch_operator_path(model):
+                want = _mm_reference(model, kind, images)
+            got = _run_onnx(report.path, images)
+            if [tuple(g.shape) for g in got] != [tuple(w.shape) for w in want]:
+                raise ExportError(f"the ONNX file returns shapes {[tuple(g.shape) for g in got]}, the mm model "
+                                  f"{[tuple(w.shape) for w in want]}")
+            if i == 0:
+                outputs = [tuple(g.shape) for g in got]
+            abs_diff = max(abs_diff, *(float((g.double() - w.double()).abs().max()) for g, w in zip(got, want)))
+            rel_diff = max(rel_diff, *(float((g.double() - w.double()).abs().max()
+                                              / w.double().abs().max().clamp_min(1e-12)) for g, w in zip(got, want)))
         if not rel_diff <= tolerance:
             raise ExportError(f"the ONNX file differs from the mm model ({type(model).__name__}): max |diff| "
                               f"{abs_diff:.3g}, relative {rel_diff:.3g} > tolerance {tolerance:g}; nothing written")
@@ -242,7 +269,7 @@ def export_mm(
         raise
     return {
         "path": report.path, "kind": kind, "model": type(model).__name__, "image_size": size,
-        "outputs": [tuple(g.shape) for g in got], "max_abs_diff": abs_diff, "relative_diff": rel_diff,
+        "outputs": outputs, "max_abs_diff": abs_diff, "relative_diff": rel_diff,
         "tolerance": tolerance, "export": report, "notes": notes + report.notes,
     }
 
@@ -255,7 +282,9 @@ def summary(report: dict) -> list[str]:
             f"{len(report['outputs'])} feature maps")
     ex = report["export"]
     return [*report["notes"],
-            f"wrote {report['path']}: {report['model']} {what}, ONNX opset {ex.opset}, input {h}x{w}",
+            f"wrote {report['path']}: {report['model']} {what}, ONNX opset {ex.opset}, input {h}x{w}"
+            + (f" (traced; H and W any multiple of {ex.hw_multiple} in {ex.hw_range[0]}..{ex.hw_range[1]}, checked "
+               f"at {', '.join(f'{a}x{b}' for a, b in ex.checked_sizes)})" if ex.dynamic_hw else ""),
             f"check: {ex.checked_with} against the mm model (data preprocessor + "
             f"{'predict' if report['kind'] == 'segmentor' else 'extract_feat'}), 0-255 images: max |diff| "
             f"{report['max_abs_diff']:.3g}, relative {report['relative_diff']:.3g} (tolerance {report['tolerance']:g}); "
@@ -281,6 +310,10 @@ def main(argv=None) -> int:
     p.add_argument("out", help="the ONNX file to write (.onnx)")
     p.add_argument("--image-size", metavar="N|HxW", help="input N x N or H x W (default 512x512)")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch (default 1)")
+    p.add_argument("--dynamic-hw", action="store_true",
+                   help="detectors: symbolic height and width (multiples of the pad divisor in --min-size..--max-size)")
+    p.add_argument("--min-size", type=int, help="with --dynamic-hw: smallest H, W (default 2 x the coarsest stride)")
+    p.add_argument("--max-size", type=int, help="with --dynamic-hw: largest H, W (default 4096)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries, key=value")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--tolerance", type=float, default=1e-4,
@@ -294,7 +327,8 @@ def main(argv=None) -> int:
             report = export_mm(args.config, args.checkpoint, args.out, image_size=args.image_size,
                                cfg_options=args.cfg_options, opset=args.opset, tolerance=args.tolerance,
                                batch_size=args.batch_size, trust_pickle=args.trust_pickle,
-                               allow_download=args.allow_download)
+                               allow_download=args.allow_download, dynamic_hw=args.dynamic_hw,
+                               min_size=args.min_size, max_size=args.max_size)
         except ExportError as e:
             print(f"tools/export_mm.py: failed: {e}", file=sys.stderr)
             return 1
