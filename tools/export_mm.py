@@ -3,7 +3,9 @@
 an MMDetection detector's backbone + neck (the feature pyramid) to ONNX, checked in ONNX Runtime against the
 model the mm Runner builds from the config. Usage:
 
-    tools/export_mm.py CONFIG CHECKPOINT OUT.onnx [--image-size N|HxW] [--cfg-options k=v ...]
+    tools/export_mm.py CONFIG CHECKPOINT OUT.onnx [--image-size N|HxW] [--dynamic-hw] [--cfg-options k=v ...]
+
+(--dynamic-hw: detectors only; a segmentor refuses it in one line.)
 
 See swtasks/mm/export.py and docs/deploy.md.
 """
