@@ -275,3 +275,29 @@ def test_tool_exports_a_fixed_rectangular_size(tmp_path, capsys):
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 3, 64, 128]
     assert _run_onnx(out, torch.randn(1, 3, 64, 128))[0].shape == (1, 5)
+
+
+def test_dynamic_hw_catches_a_size_dependent_python_decision(tmp_path):
+    """A forward that decides on its input size in Python: torch.export either refuses the symbolic size (an
+    equality) or bakes the traced branch in, with a guard (.pt2) or silently (ONNX); the check at three sizes
+    turns each into an ExportError, and nothing is written."""
+
+    class Branch(nn.Module):
+        total_stride = 32
+
+        def forward(self, x):
+            y = x.mean((2, 3))
+            return y * 2 if x.shape[2] > 100 else y
+
+    class Equal(Branch):
+        def forward(self, x):
+            y = x.mean((2, 3))
+            return y * 2 if x.shape[2] == 96 else y
+
+    cases = [(Branch, "m.pt2", "does not run on a batch of 1 at 160x64"),
+             (Branch, "m.onnx", "differs from the eager model"),
+             (Equal, "m.pt2", "could not trace")]
+    for model, name, message in cases:
+        with pytest.raises(ExportError, match=message):
+            export_module(model(), tmp_path / name, image_size=96, dynamic_hw=True, max_size=256)
+    assert os.listdir(tmp_path) == []
