@@ -213,7 +213,7 @@ def convert_kw_layout(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[
         raise ValueError(f"{type(model).__name__} has no KernelWarehouse layers; the file is a KW checkpoint")
     have = len(manager.weights)
     extra = sorted(int(m.group(1)) for k in sd if (m := _WAREHOUSE.match(k)) and int(m.group(1)) >= have)
-    if extra and getattr(model, "features_only", False) and getattr(model, "kw_classifier", False):
+    if extra and getattr(model, "classifier_warehouse_dropped", False):
         for i in extra:
             out.pop(f"warehouse_manager.weights.{i}")
     return out

@@ -516,8 +516,10 @@ class MobileNetV2(_Backbone):
         no_head = features_only or num_classes == 0
         self.width_mult, self.classifier_kind = width_mult, classifier
         self.kw_classifier = kw_classifier and not no_head  # whether the classifier is a KW layer
-        if kw is not None and kw_classifier and no_head:
-            # no classifier, so no classifier warehouse: drop its entry from the per-warehouse settings
+        # no classifier, so no classifier warehouse (a file of the classification form has one more)
+        self.classifier_warehouse_dropped = bool(kw is not None and kw_classifier and no_head)
+        if self.classifier_warehouse_dropped:
+            # drop its entry from the per-warehouse settings
             kw = {k: v[:-1] if k != "sharing_range" and is_per_warehouse(v) else v for k, v in kw.items()}
         self.warehouse_manager = WarehouseManager(**kw) if kw is not None else None
         convs = _Convs(self.warehouse_manager)
