@@ -255,16 +255,17 @@ def add_show_dir(cfg, task: str, show_dir: str) -> str:
     hooks = cfg.setdefault("default_hooks", {})
     hook = hooks.get("visualization") or dict(type=hook_type)
     hook.update(draw=True, interval=1)
+    default = dict(type="DetLocalVisualizer" if task == "det" else "SegLocalVisualizer", name="visualizer")
+    visualizer = cfg.get("visualizer") or default
+    visualizer.setdefault("vis_backends", [dict(type="LocalVisBackend")])
     if task == "det":
         hook["test_out_dir"] = show_dir
     else:
-        visualizer = cfg.get("visualizer") or dict(type="SegLocalVisualizer", name="visualizer")
-        visualizer.setdefault("vis_backends", [dict(type="LocalVisBackend")])
         visualizer["save_dir"] = show_dir
-        # mmengine keeps one visualizer instance per name for the whole process: a name of its own, so an
-        # earlier run in the same process (its save_dir) is not reused
-        visualizer["name"] = f"swtasks_show:{show_dir}"
-        cfg.visualizer = visualizer
+    # mmengine keeps one visualizer instance per name for the whole process: a name of its own, so an
+    # earlier run or inferencer in the same process (another task's visualizer, its save_dir) is not reused
+    visualizer["name"] = f"swtasks_show:{task}:{show_dir}"
+    cfg.visualizer = visualizer
     hooks["visualization"] = hook
     return show_dir
 
