@@ -255,6 +255,7 @@ def test_kw_classifier_reset_replaces_it_and_its_warehouse():
     assert len(cells) == 10
     model.reset_classifier(5)
     assert isinstance(model.get_classifier(), torch.nn.Linear) and model.warehouse_cells() == cells[:-1]
+    assert model.classifier_warehouse_dropped and not model.kw_classifier
     assert not any(k.startswith("warehouse_manager.weights.9") for k in model.state_dict())
     out = model.train()(torch.randn(2, 3, 32, 32))
     out.mean().backward()

@@ -610,7 +610,7 @@ class MobileNetV2(_Backbone):
                     f"the model with num_classes={num_classes} instead of resetting the classifier"
                 )
             manager.remove_last_warehouse()
-            self.kw_classifier = False
+            self.kw_classifier, self.classifier_warehouse_dropped = False, True
         ref = self.features[0][1].weight
         self._make_classifier(num_classes, _Convs(None))
         for m in (self.classifier.modules()):
