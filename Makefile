@@ -2,7 +2,7 @@
 # `make demo` installs the core and the Lightning extra only (minutes); `make test` installs everything.
 PY := .venv/bin/python
 
-.PHONY: setup setup-demo test demo lint clean-venv
+.PHONY: setup setup-demo test demo demo-det demo-seg lint clean-venv
 
 setup:
 	@bash scripts/setup_env.sh full
@@ -15,6 +15,13 @@ test: setup
 
 demo: setup-demo
 	$(PY) tools/train_cls.py fit --config configs/cls/demo.yaml
+
+# detection / segmentation demos (CPU, under 10 minutes each; need mmcv, hence the full set-up)
+demo-det: setup
+	$(PY) tools/train_det.py configs/det/demo.py
+
+demo-seg: setup
+	$(PY) tools/train_seg.py configs/seg/demo.py
 
 lint: setup
 	$(PY) -m ruff check swtasks tools tests
