@@ -94,6 +94,9 @@ default_hooks = dict(
 log_processor = dict(by_epoch=False, window_size=20)
 custom_hooks = [dict(type='DemoReportHook', metric='coco/bbox_mAP', goal=0.5, num_images=6, score_thr=0.5)]
 randomness = dict(seed=0)
+# no fixed visualizer name: mmengine then names it after the run, so a second run in the same process (the
+# tests) gets its own instance, writing its scalars (the curves' source) into its own log folder
+visualizer = dict(_delete_=True, type='DetLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')])
 env_cfg = dict(cudnn_benchmark=False)
 sync_bn = None  # plain BatchNorm (one process, CPU)
 auto_scale_lr = dict(enable=False, base_batch_size=8)

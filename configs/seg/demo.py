@@ -88,5 +88,8 @@ default_hooks = dict(
 log_processor = dict(by_epoch=False, window_size=20)
 custom_hooks = [dict(type='DemoReportHook', metric='mIoU', goal=0.7, num_images=6, metric_scale=0.01)]
 randomness = dict(seed=0)
+# no fixed visualizer name: mmengine then names it after the run, so a second run in the same process (the
+# tests) gets its own instance, writing its scalars (the curves' source) into its own log folder
+visualizer = dict(_delete_=True, type='SegLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')])
 env_cfg = dict(cudnn_benchmark=False)
 sync_bn = None  # plain BatchNorm (one process, CPU)
