@@ -191,3 +191,19 @@ def test_demo_config_writes_its_data_trains_and_reports(task, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[demo] " in out and "predictions" in out and "curves.png" in out, out[-2000:]
     assert len(os.listdir(work / "predictions")) == 2 and osp.isfile(work / "curves.png")
+
+
+def test_infer_tool_in_a_fresh_process_reads_the_runner_checkpoint(det, tmp_path):
+    """tools/infer_det.py as a command: a process that has built no Runner reads the Runner's checkpoint (its
+    message hub included) weights-only, and --strict with readable images exits 0."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    r = subprocess.run(
+        [sys.executable, osp.join(ROOT, "tools/infer_det.py"), DET, det["ckpt"], osp.join(det["root"], "val2017"),
+         "--out", str(out), "--strict", "--device", "cpu"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert osp.isfile(out / "predictions.json") and "images" in r.stdout

@@ -58,6 +58,10 @@ def allow_mmengine_checkpoint_types() -> list:
                                           "uint8", "bool")]
     allowed = [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar, *dtypes,
                (_history_buffer_method, "__builtin__.getattr"), (_history_buffer_method, "builtins.getattr")]
+    # mmengine fills HistoryBuffer._statistics_methods (min, max, current, mean) in the first instance's
+    # __init__: in a fresh process that has built no Runner (tools/infer_*.py, tools/reparameterize_mm.py)
+    # the lookups above would all be refused until one exists
+    HistoryBuffer()
     allow_globals(*allowed)
     return allowed
 
