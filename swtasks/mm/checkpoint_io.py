@@ -120,6 +120,25 @@ def load_from_local(filename, map_location):
     return obj
 
 
+def require_fit(model, state_dict, source: str) -> None:
+    """The checkpoint's model weights must fit ``model`` exactly (mmengine loads with strict=False and only
+    logs the differences: a checkpoint of another model would run as a partly random one). The data
+    preprocessor's buffers and a DDP ``module.`` prefix are ignored. Raises CheckpointMismatchError naming keys
+    (the test tools and tools/infer_*.py)."""
+    from swtasks.checkpoint import CheckpointMismatchError, compare_state_dicts, format_mismatch
+
+    sd = state_dict
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("data_preprocessor.")}
+    theirs = {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
+    missing, unexpected, mismatched = compare_state_dicts(own, theirs)
+    if missing or unexpected or mismatched:
+        msg = format_mismatch(f"checkpoint {source}", f"the model of the config ({type(model).__name__})",
+                              missing, unexpected, mismatched, limit=5)
+        raise CheckpointMismatchError(msg.replace("\n", "; ") + "; was it written by a run of this config?")
+
+
 def load_from_remote(filename, map_location):
     """Every remote scheme mmengine knows (http(s), open-mmlab, torchvision, mmcls, pavi, s3, ...): refused
     unless ``--allow-download``; then an http(s) URL is downloaded and read like a local file."""

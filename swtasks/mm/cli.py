@@ -366,27 +366,14 @@ def check_checkpoint_fits(runner, checkpoint) -> None:
     as a partly random one). Raises CheckpointMismatchError naming the keys."""
     from mmengine.model import is_model_wrapper
 
-    from swtasks.checkpoint import (
-        CheckpointMismatchError,
-        compare_state_dicts,
-        extract_state_dict,
-        format_mismatch,
-    )
+    from swtasks.checkpoint import extract_state_dict
 
-    from .checkpoint_io import load_from_local, loading_options
+    from .checkpoint_io import load_from_local, require_fit
 
     if not checkpoint:
         return
-    local = fetch_remote(checkpoint, allow_download=loading_options().allow_download) if is_remote(checkpoint) else checkpoint
-    sd = extract_state_dict(load_from_local(local, "cpu"), source=str(checkpoint))
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("data_preprocessor.")}
-    theirs = {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
-    missing, unexpected, mismatched = compare_state_dicts(own, theirs)
-    if missing or unexpected or mismatched:
-        msg = format_mismatch(f"checkpoint {checkpoint}", f"the model of the config ({type(model).__name__})",
-                              missing, unexpected, mismatched, limit=5)
-        raise CheckpointMismatchError(msg.replace("\n", ";") + "; was it written by a run of this config?")
+    sd = extract_state_dict(load_from_local(checkpoint, "cpu"), source=str(checkpoint))  # a URL: its opt-in
+    require_fit(runner.model.module if is_model_wrapper(runner.model) else runner.model, sd, str(checkpoint))
 
 
 def check_data(cfg, mode: str):

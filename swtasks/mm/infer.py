@@ -193,18 +193,9 @@ def model_config(config: str, checkpoint: dict, task: str, cfg_options: dict | N
 
 
 def _check_fits(model, checkpoint: dict, source: str) -> None:
-    from swtasks.checkpoint import CheckpointMismatchError, compare_state_dicts, format_mismatch
+    from .checkpoint_io import require_fit
 
-    sd = checkpoint["state_dict"]
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("data_preprocessor.")}
-    theirs = {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
-    missing, unexpected, mismatched = compare_state_dicts(own, theirs)
-    if missing or unexpected or mismatched:
-        msg = format_mismatch(f"checkpoint {source}", f"the model of the config ({type(model).__name__})",
-                              missing, unexpected, mismatched, limit=5)
-        raise CheckpointMismatchError(msg.replace("\n", "; ") + "; was it written by a run of this config?")
+    require_fit(model, checkpoint["state_dict"], source)
 
 
 def build_inferencer(task: str, cfg, checkpoint: dict, source: str, device: str):
