@@ -14,8 +14,9 @@ same functions and accept the same files in the same way:
   ``_orig_mod.``) and picks the keys that belong to a model (an explicit ``prefix`` such as ``backbone.``,
   or the prefix under which the checkpoint fits the model best).
 - :func:`load_into` does all of it for a model, applies the model family's *checkpoint adapter* (a foreign
-  layout converted, keys a file may lack, hints for the error message; registered with the family, see
-  ``swtasks.models.registry.register_family``), compares, and either loads or raises
+  layout converted, keys a file may lack, hints for the error message; the family registers it with
+  ``swtasks.models.registry.register_family`` and ``create_model`` attaches it to the model as
+  ``model.checkpoint_adapter``: this floor never looks anything up in the registry above it), compares, and either loads or raises
   :class:`CheckpointMismatchError` listing the missing, unexpected and mis-shaped keys.
 - :func:`save_weights` writes the one file format of this toolkit, ``{"state_dict": ..., "meta": ...}``,
   atomically (converters, exports and re-parameterisations all write it); a ``.safetensors`` path gets the
@@ -734,14 +735,10 @@ def format_mismatch(source: str, target: str, missing, unexpected, mismatched, l
 
 
 def adapter_of(model: nn.Module) -> CheckpointAdapter | None:
-    """The checkpoint adapter of a registry model (its pretrained_cfg architecture), or None."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    name = cfg.get("architecture") if isinstance(cfg, Mapping) else None
-    if not name:
-        return None
-    from swtasks.models.registry import checkpoint_adapter  # the registry sits one floor up, imported lazily
-
-    return checkpoint_adapter(name)
+    """The checkpoint adapter a model carries (``create_model`` attaches its family's as
+    ``model.checkpoint_adapter``), or None."""
+    adapter = getattr(model, "checkpoint_adapter", None)
+    return adapter if isinstance(adapter, CheckpointAdapter) else None
 
 
 def load_into(

@@ -74,6 +74,20 @@ def _checkpoints(specs: list[str], models: list[str]) -> dict[str, str]:
     return {**dict(zip(models, plain)), **named}
 
 
+def _mm_entry(config: str, checkpoint: str | None, args: argparse.Namespace):
+    """(label, extractor) of an MMDetection / MMSegmentation config: built by swtasks.mm (the mm extra)."""
+    from swtasks.analysis.errors import MissingPackageError
+
+    try:
+        from swtasks.mm.erf import mm_extractor
+    except ImportError as e:
+        raise MissingPackageError(f"an MMDetection/MMSegmentation config needs the mm extra ({e.name} is missing): "
+                                  "pip install 'swtasks[det]' or 'swtasks[seg]'") from None
+    extractor = mm_extractor(config, checkpoint, part=args.mm_part, layer=args.layer, index=args.stage,
+                             trust_pickle=args.trust_pickle, allow_download=args.allow_download)
+    return Path(config).stem, extractor
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
@@ -103,11 +117,12 @@ def main(argv=None) -> int:
         if not isinstance(image_size, int):
             raise AnalysisError(f"--data {args.data}: the embedded dataset makes square images; give --image-size N")
         source = procedural_images(args.data, split="val", seed=args.seed)
+    trust = {"trust_pickle": args.trust_pickle, "allow_download": args.allow_download}
+    entries = [_mm_entry(m, checkpoints.pop(Path(m).stem, None), args) if erf.is_mm_config(m) else m for m in models]
     results = erf.run_erf(
-        models, images=args.images, image_size=image_size, source=source, checkpoints=checkpoints,
+        entries, images=args.images, image_size=image_size, source=source, checkpoints=checkpoints,
         stage=args.stage, batch_size=args.batch_size, device=args.device, seed=args.seed, layer=args.layer,
-        mm_part=args.mm_part,
-        overrides={**dict(args.overrides), "trust_pickle": args.trust_pickle, "allow_download": args.allow_download},
+        overrides={**dict(args.overrides), **trust},
         show_progress=not args.no_progress,
     )  # fmt: skip
     out = Path(args.out)

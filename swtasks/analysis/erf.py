@@ -1,9 +1,9 @@
 """Effective receptive fields (ERF) of any model and any layer, as the large-kernel papers measure them.
 
 Models: registry names (a stage's output, `stage_extractor`), `torchvision:NAME` / `timm:NAME` (optionally
-converted with `+swK`, see swtasks.models.foreign), an MMDetection / MMSegmentation config file (the backbone's
-or backbone+neck's outputs, `mm_extractor`; mmdet/mmseg imported only then), or any nn.Module given from
-Python; `layer_output(model, "stages.2")` measures the output of any named module instead.
+converted with `+swK`, see swtasks.models.foreign), an MMDetection / MMSegmentation model (the backbone's or
+backbone+neck's outputs: `swtasks.mm.erf.mm_extractor`, which builds it from its config file one floor up and is
+passed here as a `(label, module)` pair, as tools/erf.py does), or any nn.Module given from Python; `layer_output(model, "stages.2")` measures the output of any named module instead.
 
 Method (RepLKNet's, reused by SLaK, UniRepLKNet and the shift-wise paper; docs/analysis.md, "ERF"):
 for each image x, take the feature map y of a chosen stage (the stage's own output, before any
@@ -55,7 +55,6 @@ __all__ = [
     "folder_images",
     "layer_output",
     "log_scaled",
-    "mm_extractor",
     "noise_images",
     "parse_image_size",
     "plot_erfs",
@@ -369,41 +368,6 @@ def is_mm_config(name: str) -> bool:
     return str(name).endswith(".py")
 
 
-def mm_extractor(config: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *, part: str = "auto",
-                 layer: str | None = None, index: int | None = None, trust_pickle: bool = False) -> LayerOutput:
-    """The model of an MMDetection / MMSegmentation config (no pretrained init; `checkpoint` loaded strictly),
-    measured at its backbone's outputs (``part='backbone'``), its backbone+neck outputs (``'neck'``,
-    ``extract_feat``; ``'auto'``: the neck when there is one), or at module `layer` (a name in the whole
-    model, e.g. ``neck.fpn_convs.0`` or ``backbone.stages.2``, reached through extract_feat). mmdet / mmseg
-    are imported here only."""
-    if part not in ("auto", "backbone", "neck"):
-        raise AnalysisError(f"part must be 'auto', 'backbone' or 'neck', got {part!r}")
-    if not Path(config).is_file():
-        raise AnalysisInputNotFound(f"config file not found: {config}")
-    try:
-        from mmengine.config import Config
-
-        from swtasks.mm.deploy import build_model
-    except ImportError as e:
-        raise MissingPackageError(f"an MMDetection/MMSegmentation config needs the mm extra ({e.name} is missing): "
-                                  "pip install 'swtasks[det]' or 'swtasks[seg]'") from None
-    model = build_model(Config.fromfile(str(config)))
-    if checkpoint is not None:
-        from swtasks.checkpoint import load_into
-
-        load_into(model, checkpoint, trust_pickle=trust_pickle)
-    has_neck = getattr(model, "neck", None) is not None
-    if part == "neck" and not has_neck:
-        raise AnalysisError(f"{config}: the model has no neck; use part 'backbone'")
-    use_neck = layer is not None or part == "neck" or (part == "auto" and has_neck)
-    forward = model.extract_feat if use_neck else model.backbone
-    if layer is None:
-        # the backbone's / neck's outputs: the model module is the hook target, the outputs are returned whole
-        return LayerOutput(model, "backbone" if not use_neck else ("neck" if has_neck else "backbone"),
-                           forward, index)
-    return LayerOutput(model, layer, forward, index)
-
-
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass
 class ErfResult:
@@ -434,17 +398,17 @@ def _label(entry: ModelArg) -> str:
 
 def build_extractor(entry: ModelArg, *, stage: int | None = 3, layer: str | None = None,
                     checkpoint: str | os.PathLike | None = None, image_size: ImageSize | None = None,
-                    mm_part: str = "auto", overrides: dict | None = None) -> nn.Module:
+                    overrides: dict | None = None) -> nn.Module:
     """The module whose output `erf_map` measures, for a registry name, a `torchvision:` / `timm:` name (`+swK`
     converted, the kernels clipped to `image_size`), an mm config (`.py`) or a `(label, nn.Module)` pair;
     `layer` names a module inside the model, `stage` the registry backbone stage (default 3) or the entry of
     a list output (mm: default the last)."""
     overrides = dict(overrides or {})
-    if isinstance(entry, tuple):
-        return layer_output(entry[1], layer, index=stage)
+    if isinstance(entry, tuple):  # a module given as it is; an extractor already built (mm) is used as it is
+        return entry[1] if isinstance(entry[1], LayerOutput) else layer_output(entry[1], layer, index=stage)
     if is_mm_config(entry):
-        return mm_extractor(entry, checkpoint, part=mm_part, layer=layer, index=stage,
-                            trust_pickle=bool(overrides.get("trust_pickle")))
+        raise AnalysisError(f"{entry}: an MMDetection/MMSegmentation config is built by swtasks.mm.erf.mm_extractor "
+                            "(tools/erf.py does it); pass the result as a (label, module) pair")
     if entry.startswith(FOREIGN_PREFIXES):
         from swtasks.models.foreign import create_foreign
 
@@ -477,7 +441,6 @@ def run_erf(
     overrides: dict | None = None,
     show_progress: bool = True,
     layer: str | None = None,
-    mm_part: str = "auto",
 ) -> list[ErfResult]:
     """The ERF of each model (see `build_extractor`: registry names, torchvision:/timm: names, mm configs,
     (label, nn.Module) pairs): random init, or the checkpoint given for it in `checkpoints` (label -> path;
@@ -510,7 +473,7 @@ def run_erf(
                 src = folder_images(source, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
             ckpt = checkpoints.get(name)
             model = build_extractor(entry, stage=stage, layer=layer, checkpoint=ckpt, image_size=(h, w),
-                                    mm_part=mm_part, overrides=overrides).to(dev)
+                                    overrides=overrides).to(dev)
             erf = erf_map(model, _batches(src, images, image_size, batch_size, dev), progress=bar)
             measured = getattr(model, "layer", None) or ""
             registry_stage = isinstance(entry, str) and layer is None and is_model(entry)

@@ -8,8 +8,9 @@ A model family registers one factory per variant name:
 
 The factory receives `num_classes`, `drop_path_rate`, `deploy`, `features_only`, `out_indices` and any user
 overrides as keyword arguments and must raise for unknown ones (see `check_overrides`). `create_model` then
-attaches the variant's data config as `model.pretrained_cfg` (and the timm alias `model.default_cfg`) and
-loads `checkpoint_path` when given (`swtasks.checkpoint.load_into`). No weights are ever downloaded:
+attaches the variant's data config as `model.pretrained_cfg` (and the timm alias `model.default_cfg`), the
+family's checkpoint adapter as `model.checkpoint_adapter` (see below), and loads `checkpoint_path` when given
+(`swtasks.checkpoint.load_into`). No weights are ever downloaded:
 `pretrained=True` means "load the checkpoint given by checkpoint_path".
 
 A family registers what it knows about weights files once, as timm's per-family checkpoint filters do:
@@ -97,7 +98,6 @@ def family_of(name: str) -> str:
 
 def checkpoint_adapter(name: str) -> CheckpointAdapter | None:
     """The checkpoint adapter of the family of model ``name`` (None when the family registered none)."""
-    _ensure_builtin_models()
     return _FAMILIES.get(family_of(name))
 
 
@@ -119,14 +119,8 @@ def register_model(fn: Callable | None = None, *, name: str | None = None, pretr
     return wrap(fn) if fn is not None else wrap
 
 
-def _ensure_builtin_models() -> None:
-    # The families register themselves on import; importing the package imports them all.
-    import swtasks.models  # noqa: F401
-
-
 def list_models(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
     """Sorted registered names matching the fnmatch pattern(s) and none of the exclude pattern(s)."""
-    _ensure_builtin_models()
     include = [pattern] if isinstance(pattern, str) else list(pattern)
     excl = [exclude] if isinstance(exclude, str) else list(exclude)
     names = [n for n in _REGISTRY if any(fnmatch.fnmatchcase(n, p) for p in include)]
@@ -135,12 +129,10 @@ def list_models(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str]
 
 
 def is_model(name: str) -> bool:
-    _ensure_builtin_models()
     return name in _REGISTRY
 
 
 def _entry(name: str) -> _Entry:
-    _ensure_builtin_models()
     if not isinstance(name, str):
         raise ModelConfigError(f"model name must be a string, got {type(name).__name__}")
     if name in _REGISTRY:
@@ -229,6 +221,8 @@ def create_model(
     cfg = {**entry.pretrained_cfg, "architecture": entry.name, "num_classes": num_classes}
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name for the same dict
+    # what the family knows about weights files travels with the model: load_into finds it there
+    model.checkpoint_adapter = checkpoint_adapter(entry.name)
     if checkpoint_path is not None:
         load_into(model, checkpoint_path, trust_pickle=trust_pickle, allow_download=allow_download)
     return model

@@ -39,16 +39,19 @@ Deploy structure (after `reparameterize()`, or built directly with deploy=True):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 
+from swtasks.checkpoint import CheckpointAdapter
 from swtasks.layers import ShiftWiseConv2d
 from swtasks.layers.common import (
     bn_scale_shift,
     trunc_normal_,
 )
+from swtasks.ops.shiftwise import rep_channel_count
 
 from .common import as_stage_tuple
 from .four_stage import (
@@ -60,13 +63,21 @@ from .four_stage import (
 )
 from .registry import ModelConfigError, build_variant, register_family, register_model
 from .shiftwise_cpu import block_forward_nchw, use_nchw_path
-from .shiftwise_official import SHIFTWISE_ADAPTER
+from .shiftwise_official import (
+    SOURCE,
+    convert_reference_layout,
+    is_kernel_mask,
+    is_reference_layout,
+    reference_hints,
+)
 
 __all__ = [
     "SHIFTWISE_ARCHS",
     "GhostChannelAffine",
+    "OperatorShape",
     "ShiftWiseBlock",
     "ShiftWiseNet",
+    "operator_shapes",
     "shiftwise_arch",
 ]
 
@@ -282,12 +293,43 @@ def shiftwise_arch(arch: str) -> dict[str, Any]:
     return dict(SHIFTWISE_ARCHS[key])
 
 
+class OperatorShape(NamedTuple):
+    """What one stage's shift-wise operators see: `channels` in, `rep` of them through the operator (the rest are
+    ghost channels), a `size` x `size` map (a square image), big kernel `kernel`, small kernel `small`."""
+
+    stage: int  # 1..4
+    channels: int
+    rep: int
+    size: int
+    kernel: int
+    small: int
+
+
+def operator_shapes(arch: str = "tiny", image_size: int = 224) -> list[OperatorShape]:
+    """The operator's shapes at each stage of variant `arch` for a square image: the one table of them that the
+    operator's tests, benchmarks and kernel report use (SW-T at 224 px: C 80/160/320/640, R 60/122/246/492,
+    56/28/14/7, K 51/49/47/13)."""
+    cfg = shiftwise_arch(arch)
+    return [
+        OperatorShape(i + 1, c, rep_channel_count(c, cfg["ghost_ratio"]), image_size // (4 * 2**i), k, cfg["small_kernel"])
+        for i, (c, k) in enumerate(zip(cfg["dims"], cfg["kernel_sizes"]))
+    ]
+
+
 def _build(arch: str, /, **kwargs: Any) -> ShiftWiseNet:  # positional: `variant` is an operator switch
     return build_variant(f"shiftwise_{arch}", ShiftWiseNet, SHIFTWISE_ARCHS[arch], kwargs)
 
 
 _CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic")
 # the published implementation's checkpoint layout is read by every loader (see shiftwise_official.py)
+SHIFTWISE_ADAPTER = CheckpointAdapter(
+    detect=is_reference_layout,
+    convert=convert_reference_layout,
+    optional=is_kernel_mask,
+    extra=is_kernel_mask,
+    hints=partial(reference_hints, archs=SHIFTWISE_ARCHS),
+    source=SOURCE,
+)
 register_family("shiftwise", SHIFTWISE_ADAPTER)
 
 

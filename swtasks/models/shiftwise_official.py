@@ -37,9 +37,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from swtasks.checkpoint import CheckpointAdapter
+from swtasks.layers import ShiftWiseConv2d
 
-__all__ = ["SHIFTWISE_ADAPTER", "SOURCE", "convert_reference_layout", "is_reference_layout", "reference_tables"]
+__all__ = [
+    "SOURCE",
+    "convert_reference_layout",
+    "is_kernel_mask",
+    "is_reference_layout",
+    "reference_hints",
+    "reference_tables",
+]
 
 SOURCE = "shiftwise-official"
 REFERENCE_SEED = 123
@@ -108,8 +115,6 @@ def convert_reference_layout(sd: Mapping[str, torch.Tensor], model: nn.Module) -
     input channel order. Raises RuntimeError if the tables differ (converted weights would be wrong) and
     ValueError for a deploy-structure model.
     """
-    from .shiftwise_net import ShiftWiseBlock  # the family module imports this one at load time
-
     if getattr(model, "deploy", False):
         raise ValueError(
             "the reference layout converts into the training structure: create the model with deploy=False "
@@ -119,9 +124,9 @@ def convert_reference_layout(sd: Mapping[str, torch.Tensor], model: nn.Module) -
     target = model.state_dict()
     checked: set[tuple] = set()
     for bname, block in model.named_modules():
-        if not isinstance(block, ShiftWiseBlock):
+        lk = getattr(block, "large_kernel", None)  # a ShiftWiseNet block: its operator is `large_kernel`
+        if not isinstance(lk, ShiftWiseConv2d):
             continue
-        lk = block.large_kernel
         p = f"{bname}.large_kernel."
         if not any(k.startswith(p) for k in sd):
             continue  # a block the file does not have: the comparison reports it
@@ -161,10 +166,9 @@ def convert_reference_layout(sd: Mapping[str, torch.Tensor], model: nn.Module) -
     return out
 
 
-def _guess_arch(sd: Mapping[str, torch.Tensor]) -> str:
-    """The depths and widths of a (reference- or swtasks-layout) state dict, with the variants that match."""
-    from .shiftwise_net import SHIFTWISE_ARCHS
-
+def _guess_arch(sd: Mapping[str, torch.Tensor], archs: Mapping[str, Mapping]) -> str:
+    """The depths and widths of a (reference- or swtasks-layout) state dict, with the variants of `archs`
+    (name -> dict with dims and depths) that match."""
     try:
         dims = (sd["downsample_layers.0.3.weight"].shape[0],) + tuple(
             sd[f"downsample_layers.{i}.0.weight"].shape[0] for i in (1, 2, 3)
@@ -173,15 +177,17 @@ def _guess_arch(sd: Mapping[str, torch.Tensor]) -> str:
         return ""
     blocks = {tuple(k.split(".")[1:3]) for k in sd if k.startswith("stages.")}
     depths = tuple(len({b for s, b in blocks if s == str(i)}) for i in range(4))
-    match = [a for a, cfg in SHIFTWISE_ARCHS.items() if tuple(cfg["dims"]) == dims and tuple(cfg["depths"]) == depths]
+    match = [a for a, cfg in archs.items() if tuple(cfg["dims"]) == dims and tuple(cfg["depths"]) == depths]
     found = f"depths {depths}, dims {dims}"
     return f"{found} (arch {', '.join(match)})" if match else found
 
 
-def _hints(sd: Mapping, own: Mapping, mismatched: list) -> list[str]:
+def reference_hints(sd: Mapping, own: Mapping, mismatched: list, *, archs: Mapping[str, Mapping]) -> list[str]:
+    """Extra lines for a mismatch message: the file's and the model's depths/widths (named after the variants
+    in `archs` they match) and which structure (training / deploy) each has. The family binds `archs`."""
     hints = []
-    guess = _guess_arch(sd)
-    own_guess = _guess_arch(own)
+    guess = _guess_arch(sd, archs)
+    own_guess = _guess_arch(own, archs)
     if guess and guess != own_guess:
         hints.append(f"  the file has {guess}; the model has {own_guess or 'another layout'}")
     ck_deploy = any(k.endswith("large_kernel.weight_h") for k in sd)
@@ -196,11 +202,6 @@ def _hints(sd: Mapping, own: Mapping, mismatched: list) -> list[str]:
     return hints
 
 
-SHIFTWISE_ADAPTER = CheckpointAdapter(
-    detect=is_reference_layout,
-    convert=convert_reference_layout,
-    optional=lambda key: key.endswith(".kernel_mask"),
-    extra=lambda key: key.endswith(".kernel_mask"),
-    hints=_hints,
-    source=SOURCE,
-)
+def is_kernel_mask(key: str) -> bool:
+    """A sparsity mask buffer: a file may lack it (the model makes it) or carry it (it loads anyway)."""
+    return key.endswith(".kernel_mask")
