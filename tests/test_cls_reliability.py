@@ -14,6 +14,16 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from cls_helpers import (
+    REPO,
+    SAME_GLOBAL_BATCH,
+    TINY,
+    TRAIN_CLS,
+    assert_matches_one_process,
+    fit_one_process,
+    small,
+)
+from cls_helpers import tool_env as env
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -22,22 +32,11 @@ from swtasks.cls.cli import main
 from swtasks.cls.data import ImageFolderDataset, read_rgb
 from swtasks.cls.synthetic import write_image_folder
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-TINY = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": [9, 7, 5, 3]}
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("rel") / "data"
     return write_image_folder(str(root), num_classes=3, train_per_class=8, val_per_class=2, image_size=32)
-
-
-def env():
-    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    e.pop("LOCAL_RANK", None)
-    e["OMP_NUM_THREADS"] = "2"
-    return e
 
 
 # 24 images, batch 4: 6 optimiser steps per epoch, 2 epochs. Everything with state or randomness is on:
@@ -146,15 +145,6 @@ def cli(args, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err
-
-
-def small(folder, root, *extra):
-    return [
-        "--model.backbone", "shiftwise_atto", "--model.num_classes", "3", "--model.backbone_kwargs", json.dumps(TINY),
-        "--data.root", folder, "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
-        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(root), *extra,
-    ]  # fmt: skip
 
 
 def test_corrupt_or_truncated_checkpoint_is_named(folder, tmp_path, monkeypatch, capsys):
@@ -365,41 +355,16 @@ def test_nonfinite_loss_skip_mode_skips_the_batch(tmp_path):
 def test_two_process_ddp_equals_one_process_of_the_same_global_batch(folder, tmp_path):
     """2 processes x batch 4 (gloo, all-reduce BatchNorm) against 1 process x batch 8, 6 steps: the same
     samples per step (the sampler interleaves the ranks), the same BatchNorm statistics and the mean
-    gradient. Equal up to floating-point summation order, stated as: every weight within 5e-4 (max |diff|;
-    lr 1e-3; half of one Adam step, which can move a weight whose gradient is ~0 on rounding alone), the
-    BatchNorm running statistics within 2% of each tensor's largest value (+1e-4; stage 4 sees 1x1 maps,
-    8 values per channel). With per-process BatchNorm
-    (--model.sync_batchnorm false) weights differ by 5e-3 and running variances by up to 2.0 (of ~6). Per-process random draws
-    (MixUp/CutMix pairs, drop path) are off: they are drawn per process, not per sample."""
-
-    def fit(root, devices, batch):
-        args = small(
-            folder, root, "--trainer.devices", str(devices), "--data.batch_size", str(batch), "--trainer.max_epochs",
-            "2", "--model.drop_path_rate", "0", "--model.lr", "1e-3", "--model.base_batch_size", "null",
-            "--model.label_smoothing", "0", "--trainer.num_sanity_val_steps", "0",
-        )  # fmt: skip
-        if devices > 1:
-            args += ["--trainer.strategy", "ddp"]
-        cmd = [sys.executable, str(REPO / "tools/train_cls.py"), "fit", *args]
-        r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-        return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
-
-    one, two = fit(tmp_path / "one", 1, 8), fit(tmp_path / "two", 2, 4)
+    gradient. Equal up to floating-point summation order (the tolerances: cls_helpers.assert_matches_one_process).
+    Per-process random draws (MixUp/CutMix pairs, drop path) are off: they are drawn per process, not per sample."""
+    one = fit_one_process(folder, tmp_path / "one", 8)
+    args = small(folder, tmp_path / "two", "--trainer.devices", "2", "--trainer.strategy", "ddp", *SAME_GLOBAL_BATCH)
+    r = subprocess.run([sys.executable, TRAIN_CLS, "fit", *args], cwd=REPO, env=env(),
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    two = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)
     assert one["global_step"] == two["global_step"] == 6
-    weights = {}
-    for k, v in two["state_dict"].items():
-        if k.startswith("backbone.") and v.is_floating_point():
-            ref = one["state_dict"][k]
-            if "running_" in k:
-                assert float((v - ref).abs().max()) <= 0.02 * float(ref.abs().max()) + 1e-4, k
-            else:
-                weights[k] = float((ref.double() - v.double()).abs().max())
-    worst = max(weights, key=weights.get)
-    # AdamW divides by the gradient's running RMS: where a gradient is ~0, summation-order rounding can move a
-    # weight by up to lr (1e-3) per step, so the bound is half of one step; the failure it guards against
-    # (per-process BatchNorm statistics) moves weights by ~5e-3. Typical here: 1e-5 to 1.4e-4.
-    assert weights[worst] < 5e-4, (worst, weights[worst])
+    assert_matches_one_process(one, two)
 
 
 # ------------------------------------------------------------------------------------------ images
