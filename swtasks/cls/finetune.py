@@ -1,5 +1,5 @@
 """Fine-tuning a backbone from a weights file: load it (classifier re-initialised when the class count
-differs), freeze the first stages. See docs/classification.md, "Fine-tuning from published weights".
+differs), freeze the first stages (the model's own ``freeze_stages``). See docs/classification.md, "Fine-tuning from published weights".
 
 Loading is ``swtasks.checkpoint.load_into`` (weights-only reading, the backbone's keys of a Lightning
 checkpoint selected by prefix, published layouts converted by the family adapter, every mismatch named);
@@ -9,7 +9,6 @@ this module only decides what to do about the classifier. Plain PyTorch: no ligh
 from __future__ import annotations
 
 import os
-import re
 
 from torch import nn
 
@@ -24,9 +23,7 @@ from ..checkpoint import (
 )
 from .errors import InputError
 
-__all__ = ["classifier_prefix", "freeze_stages", "load_weights", "stage_of"]
-
-_STAGE = re.compile(r"^(?:downsample_layers|stages)\.(\d+)(?:\.|$)")
+__all__ = ["classifier_prefix", "freeze_stages", "load_weights"]
 
 
 def classifier_prefix(net: nn.Module) -> str:
@@ -73,38 +70,19 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, trust_pickle: bool 
     return f"{what}, classifier included"
 
 
-def stage_of(name: str) -> int | None:
-    """Stage index of a backbone parameter in the downsample_layers/stages layout (the stem and
-    ``downsample_layers.i`` belong to stage i), None outside it (final norm, head)."""
-    m = _STAGE.match(name)
-    return int(m.group(1)) if m else None
-
-
-def freeze_stages(net: nn.Module, n: int) -> list[str]:
-    """Freeze the stem and the first ``n`` stages (parameters without gradients; the modules are kept in
-    eval mode by ``frozen_modules``); returns the frozen module names."""
+def freeze_stages(net: nn.Module, n: int) -> None:
+    """``--model.freeze_stages n``: the network's own ``freeze_stages(n)`` for n >= 1 (the stem and the first
+    n stages: parameters without gradients, modules in eval mode so their BatchNorm statistics stay fixed in
+    training too; swtasks.models.common.StageFreezing, the rule the mm backbones' ``frozen_stages`` applies);
+    0 freezes nothing."""
     if n <= 0:
-        return []
-    names = [m for m, _ in net.named_children()]
-    if "stages" not in names:
+        return
+    if not callable(getattr(net, "freeze_stages", None)):
         raise InputError(
-            f"model.freeze_stages={n}: {type(net).__name__} has no downsample_layers/stages layout to freeze"
+            f"model.freeze_stages={n}: {type(net).__name__} has no freeze_stages() method (the swtasks "
+            "registry's models have one)"
         )
-    num = len(net.stages)
+    num = getattr(net, "num_stages", 4)
     if n > num:
         raise InputError(f"model.freeze_stages={n}: {type(net).__name__} has only {num} stages")
-    frozen = []
-    for name, p in net.named_parameters():
-        s = stage_of(name)
-        if s is not None and s < n:
-            p.requires_grad_(False)
-    for prefix in ("downsample_layers", "stages"):
-        group = getattr(net, prefix, None)
-        if group is not None:
-            frozen += [f"{prefix}.{i}" for i in range(min(n, len(group)))]
-    return frozen
-
-
-def frozen_modules(net: nn.Module, names: list[str]) -> list[nn.Module]:
-    mods = dict(net.named_modules())
-    return [mods[n] for n in names if n in mods]
+    net.freeze_stages(n)

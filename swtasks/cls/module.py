@@ -28,7 +28,7 @@ from ..models.param_groups import param_groups
 from . import finetune
 from .ema import ModelEMA
 from .errors import InputError, NonFiniteLossError
-from .finetune import classifier_prefix, frozen_modules, load_weights
+from .finetune import classifier_prefix, load_weights
 from .mix import MixUpCutMix, soft_target_cross_entropy
 from .optim import WarmupCosine
 from .syncbn import convert_sync_batchnorm
@@ -96,7 +96,8 @@ class ClassificationModule(L.LightningModule):
             toolkit). The classifier is re-initialised when its class count differs.
         trust_pickle: read ``weights`` with full unpickling (only for files you trust).
         allow_download: ``weights`` may be an http(s) URL: downloaded, then read like a local file.
-        freeze_stages: freeze the stem and the first N stages (parameters and BatchNorm statistics).
+        freeze_stages: freeze the stem and the first N stages (parameters and BatchNorm statistics; the
+            backbone's ``freeze_stages(N)``, the rule of the mm backbones' ``frozen_stages=N``).
         backbone_kwargs: extra overrides passed to ``create_model`` (kernel sizes, ...).
         lr: peak learning rate (after warm-up) for a total batch of ``base_batch_size``; the run uses
             ``lr * total_batch / base_batch_size`` (printed at the start of fit).
@@ -195,9 +196,9 @@ class ClassificationModule(L.LightningModule):
         self.weights_report = load_weights(net, weights, trust_pickle=trust_pickle, allow_download=allow_download) if weights else None
         if self.weights_report:
             rank_zero_info(self.weights_report)
-        self._frozen = finetune.freeze_stages(net, freeze_stages)
-        for m in frozen_modules(net, self._frozen):
-            m.eval()  # Lightning keeps the modes it finds (and warns about eval modules: intended here)
+        # the frozen modules are in eval mode and the network's train() keeps them there (Lightning keeps the
+        # modes it finds and warns about eval modules: intended here)
+        finetune.freeze_stages(net, freeze_stages)
         self.num_classes = num_classes
         self.data_config = data_config(net if hasattr(net, "pretrained_cfg") else None)
         if channels_last:
@@ -237,12 +238,6 @@ class ClassificationModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self._prep(x))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in frozen_modules(self.backbone, self._frozen):  # frozen stages keep their BN statistics
-            m.eval()
-        return self
 
     def configure_model(self) -> None:
         if self.hparams.compile and "_train_forward" not in self.__dict__:

@@ -563,6 +563,14 @@ class WarehouseManager(nn.Module):
         self.per_warehouse = {k: v[:-1] for k, v in self.per_warehouse.items()}
         self.users = self.users[:-1]
 
+    def warehouses_used_only_within(self, modules: Sequence[str]) -> list[int]:
+        """Ids of the warehouses all of whose users are among the module names ``modules`` or below them (the
+        warehouses a frozen part of the network holds alone)."""
+        def inside(user: str) -> bool:
+            return any(user == m or user.startswith(m + ".") for m in modules)
+
+        return [w for w, users in enumerate(self.users) if users and all(inside(u) for u in users)]
+
     def take_cell(self, warehouse_id: int) -> torch.Tensor:
         return self.weights[warehouse_id]
 

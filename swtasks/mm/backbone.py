@@ -65,8 +65,9 @@ class RegistryBackbone(BaseModule):
             ``kernel_sizes``, ...; ``base`` picks the variant they modify, default ``'tiny'``).
         out_indices: stages whose output maps are returned (each through its own LayerNorm).
         frozen_stages: -1 trains everything; 0 freezes the stem; k >= 1 freezes the stem and stages 1..k
-            with their downsampling layers (no gradients, BatchNorm in eval mode). The output norms stay
-            trainable (they are new layers).
+            with their downsampling layers (no gradients, BatchNorm in eval mode): the network's
+            ``freeze_stages(k)``, the rule tools/train_cls.py's ``--model.freeze_stages`` applies too. The
+            output norms stay trainable (they are new layers).
         norm_eval: keep every BatchNorm in eval mode during training (statistics fixed).
         with_cp: gradient checkpointing of the blocks (less memory, more compute).
         drop_path_rate: stochastic depth rising linearly to this value over the blocks.
@@ -136,7 +137,7 @@ class RegistryBackbone(BaseModule):
             if not hasattr(self._net, "set_grad_checkpointing"):
                 raise ValueError(f"with_cp=True: {type(self._net).__name__} has no set_grad_checkpointing()")
             self._net.set_grad_checkpointing(True)
-        self._freeze_stages()
+        self._net.freeze_stages(self.frozen_stages)  # the network's own rule (swtasks.models.common.StageFreezing)
 
     # ------------------------------------------------------------------ construction
 
@@ -217,36 +218,12 @@ class RegistryBackbone(BaseModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self._net.training = mode
-        self._freeze_stages()
+        self._net.train(mode)  # the network keeps its frozen stages in eval mode (StageFreezing.train)
         if mode and self.norm_eval:
             for m in self.modules():
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
-
-    def _stage_modules(self, k: int) -> list[nn.Module]:
-        """Modules frozen by ``frozen_stages=k``: the stem, then stage i with its downsampling layer."""
-        down = getattr(self._net, "downsample_layers", None)
-        stages = getattr(self._net, "stages", None)
-        if down is None or stages is None:
-            raise NotImplementedError(
-                f"frozen_stages={k} needs a downsample_layers/stages network; {type(self._net).__name__} has not"
-            )
-        mods = [down[0]]
-        for i in range(k):
-            mods.append(stages[i])
-            if i > 0:
-                mods.append(down[i])
-        return mods
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        for m in self._stage_modules(self.frozen_stages):
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
 
     def no_weight_decay(self):
         fn = getattr(self._net, "no_weight_decay", None)
@@ -487,27 +464,12 @@ class _KWBackbone(RegistryBackbone):
         known = ", ".join(repr(a) for a in cls.available_archs())
         raise ValueError(f"unknown arch {arch!r} for {cls.__name__}; available: {known}")
 
-    def _freeze_stages(self) -> None:
-        super()._freeze_stages()
-        manager = getattr(self._net, "warehouse_manager", None)
-        if self.frozen_stages < 0 or manager is None:
-            return
-        names = {id(m): n for n, m in self._net.named_modules()}
-        frozen = [names[id(m)] for m in self._stage_modules(self.frozen_stages)]
-        for weight, users in zip(manager.weights, manager.users):
-            if users and all(any(u == f or u.startswith(f + ".") for f in frozen) for u in users):
-                weight.requires_grad = False
-
 
 class KWResNet(_KWBackbone):
     """KernelWarehouse ResNet backbone (``arch`` 'resnet18_1d4x' ... 'resnet50_4x'); maps of layer1..4."""
 
     network = "resnet"
     default_arch = "resnet50_1x"
-
-    def _stage_modules(self, k: int) -> list[nn.Module]:
-        net = self._net
-        return [net.conv1, net.bn1] + [getattr(net, f"layer{i}") for i in range(1, k + 1)]
 
 
 class KWMobileNetV2(_KWBackbone):
@@ -516,10 +478,6 @@ class KWMobileNetV2(_KWBackbone):
 
     network = "mobilenetv2"
     default_arch = "mobilenetv2_100_1x"
-
-    def _stage_modules(self, k: int) -> list[nn.Module]:
-        net = self._net
-        return [f for j, f in enumerate(net.features) if net.stage_id(f"features.{j}.x", 4) <= k]
 
 
 class KWConvNeXt(_KWBackbone):

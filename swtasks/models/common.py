@@ -1,5 +1,7 @@
 """Pieces every backbone family shares (plain PyTorch): the `feature_info` list, per-stage settings,
-input checks and activation checkpointing that keeps BatchNorm statistics exact."""
+input checks, activation checkpointing that keeps BatchNorm statistics exact, and stage freezing
+(`StageFreezing`, the one rule tools/train_cls.py's ``--model.freeze_stages`` and the mm backbones'
+``frozen_stages`` both call)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from swtasks.layers.common import is_traced
 
 from .registry import ModelConfigError
 
-__all__ = ["GLOBAL_POOLS", "FeatureInfo", "as_stage_tuple", "check_classifier_reset", "check_global_pool",
+__all__ = ["GLOBAL_POOLS", "FeatureInfo", "StageFreezing", "as_stage_tuple", "check_classifier_reset", "check_global_pool",
            "check_head_args", "check_image_input", "checkpoint_block", "sync_num_classes"]
 
 # timm's global_pool values the classifiers take: 'avg' (global average pooling, the default) and '' (none:
@@ -71,6 +73,53 @@ class _KeepRunningStats:
                 bn.num_batches_tracked.copy_(n)
         self.saved = []
         return False
+
+
+class StageFreezing:
+    """Stage freezing as a behaviour of the model (mmpretrain's ``_freeze_stages`` + ``train()``), mixed into
+    every family's base class before ``nn.Module``.
+
+    ``freeze_stages(k)``: -1 freezes nothing; 0 the stem; k >= 1 the stem and the first k stages with their
+    downsampling layers. Frozen means: the parameters of ``frozen_parameters(k)`` lose their gradients and
+    the modules of ``stage_modules(k)`` are put in eval mode, so their BatchNorm statistics stay fixed in a
+    training forward too; ``train()`` applies both again (a later ``model.train()`` does not thaw them).
+    Freezing is one-way: a smaller k later keeps what is frozen. A family says what stage k is
+    (``stage_modules``); KernelWarehouse models add the warehouses that only frozen layers draw from
+    (``KWMixin.frozen_parameters``)."""
+
+    num_stages = 4
+    frozen_stages = -1
+
+    def stage_modules(self, k: int) -> list[nn.Module]:
+        """The modules ``freeze_stages(k)`` freezes (k >= 0): the stem, then each of the first k stages with
+        its downsampling layer."""
+        raise NotImplementedError(f"{type(self).__name__} does not say what its stages are")
+
+    def frozen_parameters(self, k: int) -> list[nn.Parameter]:
+        """The parameters ``freeze_stages(k)`` takes the gradients from: those of ``stage_modules(k)``."""
+        return [p for m in self.stage_modules(k) for p in m.parameters()]
+
+    def freeze_stages(self, k: int):
+        """Freeze the stem and the first ``k`` stages (see the class docstring); returns the model."""
+        if isinstance(k, bool) or not isinstance(k, int) or not -1 <= k <= self.num_stages:
+            raise ValueError(f"freeze_stages takes an int in [-1, {self.num_stages}], got {k!r}")
+        self.frozen_stages = max(self.frozen_stages, k)
+        self._apply_frozen_stages()
+        return self
+
+    def _apply_frozen_stages(self) -> None:
+        k = self.frozen_stages
+        if k < 0:
+            return
+        for m in self.stage_modules(k):
+            m.eval()
+        for p in self.frozen_parameters(k):
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._apply_frozen_stages()
+        return self
 
 
 def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

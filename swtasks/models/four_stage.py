@@ -28,6 +28,7 @@ from swtasks.layers.common import (
 
 from .common import (
     FeatureInfo,
+    StageFreezing,
     as_stage_tuple,
     check_classifier_reset,
     check_global_pool,
@@ -140,7 +141,7 @@ def fold_pointwise_tail(block: nn.Module) -> None:
 # ------------------------------------------------------------------------------------------------------
 
 
-class FourStageNet(nn.Module):
+class FourStageNet(StageFreezing, nn.Module):
     """Base of the four-stage ConvNeXt/UniRepLKNet-layout networks (see the module docstring).
 
     A subclass calls `_setup(...)` first (checks, attributes, drop-path rates), builds `downsample_layers`
@@ -254,6 +255,16 @@ class FourStageNet(nn.Module):
     # -------------------------------------------------------------------------------------- protocol
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def stage_modules(self, k: int) -> list[nn.Module]:
+        """Frozen by ``freeze_stages(k)``: the stem ``downsample_layers.0``, then ``stages.i`` with its
+        downsampling layer ``downsample_layers.i`` for i < k."""
+        mods = [self.downsample_layers[0]]
+        for i in range(k):
+            mods.append(self.stages[i])
+            if i > 0:
+                mods.append(self.downsample_layers[i])
+        return mods
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier by a freshly initialised one with `num_classes` outputs (0: none), on the

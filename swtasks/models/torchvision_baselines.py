@@ -39,6 +39,7 @@ from swtasks.layers.kernel_warehouse import KWConvNd, WarehouseManager, is_per_w
 
 from .common import (
     FeatureInfo,
+    StageFreezing,
     as_stage_tuple,
     check_classifier_reset,
     check_global_pool,
@@ -93,7 +94,8 @@ class _Convs:
 
 
 class KWMixin:
-    """Temperature and layer ids of the warehouses, for models with a ``warehouse_manager`` (or none)."""
+    """Temperature, layer ids and frozen stages of the warehouses, for models with a ``warehouse_manager``
+    (or none). Mixed in before the family's base (which brings StageFreezing)."""
 
     warehouse_manager: WarehouseManager | None
 
@@ -124,6 +126,18 @@ class KWMixin:
         """Cells per warehouse (empty without KW layers)."""
         return self.warehouse_manager.num_cells() if self.warehouse_manager is not None else []
 
+    def frozen_parameters(self, k: int) -> list[nn.Parameter]:
+        """The frozen stages' own parameters and every warehouse whose users all lie in the frozen stages
+        (a stage's warehouse also serves the next stage's first block, so with k = 1 the stage-1 warehouse
+        keeps training, as in the published dense-task models)."""
+        params = super().frozen_parameters(k)
+        manager = self.warehouse_manager
+        if manager is None:
+            return params
+        names = {id(m): n for n, m in self.named_modules()}
+        frozen = [names[id(m)] for m in self.stage_modules(k)]
+        return params + [manager.weights[w] for w in manager.warehouses_used_only_within(frozen)]
+
     def _warehouse_layer_id(self, name: str, rule: Callable[[str, int], int | None], num_layers: int):
         """A warehouse takes the smallest id among the layers drawing from it; other names: ``rule``."""
         m = _WAREHOUSE.match(name)
@@ -139,7 +153,7 @@ class KWMixin:
 # ------------------------------------------------------------------------------------------------------
 
 
-class _Backbone(KWMixin, nn.Module):
+class _Backbone(KWMixin, StageFreezing, nn.Module):
     """Protocol shared by ResNet and MobileNetV2: the subclass builds ``self.blocks()`` (stem first) and the
     classifier, and sets ``_out_modules`` (module indices returned by features_only)."""
 
@@ -391,6 +405,10 @@ class ResNet(_Backbone):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
+    def stage_modules(self, k: int) -> list[nn.Module]:
+        """Frozen by ``freeze_stages(k)``: the stem (conv1, bn1), then layer1..layer{k}."""
+        return [self.conv1, self.bn1] + [getattr(self, f"layer{i}") for i in range(1, k + 1)]
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none), on the
         model's device and dtype and in its training mode; ``global_pool`` as timm's (None keeps it)."""
@@ -593,6 +611,11 @@ class MobileNetV2(_Backbone):
 
     def get_classifier(self) -> nn.Module:
         return self.classifier if self.classifier_kind == "linear" else self.classifier[1]
+
+    def stage_modules(self, k: int) -> list[nn.Module]:
+        """Frozen by ``freeze_stages(k)``: the feature modules up to stage k's output (the stem: the modules
+        before the first stride-4 block, features.0-1; stage i ends at the i-th returned map)."""
+        return [f for j, f in enumerate(self.features) if self._stage_rule(f"features.{j}.x", 4) <= k]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none), on the
