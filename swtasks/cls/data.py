@@ -1,7 +1,9 @@
 """ImageClassificationDataModule: ImageNet-layout folders or the embedded procedural dataset.
 
 Folder layout (ImageNet): ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG`` (the same class
-folder names in both; the sorted names give the label ids, like torchvision's ImageFolder).
+folder names in both; the sorted names give the label ids, like torchvision's ImageFolder). The same data in
+shards (``format="webdataset"``: ``root/train/index.json`` + WebDataset tar files, written by
+``tools/make_shards.py``) is read by ``shards.py`` with the same samples, classes and checks.
 
 Every image is decoded to 8-bit RGB by :func:`read_rgb` (grayscale, palette, CMYK converted; 16-bit
 scaled, not clipped; 32-bit float in [0, 1] scaled, other float ranges refused; alpha composited onto white;
@@ -20,6 +22,7 @@ batches handed out) is part of the data module's state, saved in every checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -56,8 +59,8 @@ _INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-def read_rgb(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode an image file to 8-bit RGB (docs/reliability.md, "Images"):
+def read_rgb(path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image file (a path, or a binary file object) to 8-bit RGB (docs/reliability.md, "Images"):
 
     - RGB, grayscale (1, L), palette (P), CMYK, YCbCr, LAB, HSV: PIL's conversion to RGB;
     - 16-bit (and 32-bit integer) grayscale: scaled to 8 bits (v * 255 / 65535), not clipped at 255;
@@ -69,7 +72,8 @@ def read_rgb(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Im
     - more than ``max_pixels`` pixels: refused before decoding (OSError naming the size);
     - truncated or corrupt files: the decoder's OSError.
     """
-    with open(path, "rb") as f, warnings.catch_warnings():
+    opened = open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)
+    with opened as f, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size limit below is ours
         img = Image.open(f)
         w, h = img.size
@@ -155,15 +159,19 @@ def scan_split(split_dir: str | Path, what: str = "split") -> tuple[list[str], l
     return classes, samples
 
 
-def check_folders(train_classes: Sequence[str], other_classes: Sequence[str], train_dir, other_dir) -> None:
+def check_folders(train_classes: Sequence[str], other_classes: Sequence[str], train_dir, other_dir,
+                  what: str = "class folders") -> None:
     if list(train_classes) == list(other_classes):
         return
     a, b = set(train_classes), set(other_classes)
     only_a, only_b = sorted(a - b), sorted(b - a)
+    name_a, name_b = Path(train_dir).name, Path(other_dir).name
+    if name_a == name_b:  # two index files: name them in full
+        name_a, name_b = str(train_dir), str(other_dir)
     raise InputError(
-        f"class folders differ between {train_dir} ({len(a)} classes) and {other_dir} ({len(b)} classes): "
-        f"only in {Path(train_dir).name}: {only_a[:5]}{' ...' if len(only_a) > 5 else ''}; "
-        f"only in {Path(other_dir).name}: {only_b[:5]}{' ...' if len(only_b) > 5 else ''}"
+        f"{what} differ between {train_dir} ({len(a)} classes) and {other_dir} ({len(b)} classes): "
+        f"only in {name_a}: {only_a[:5]}{' ...' if len(only_a) > 5 else ''}; "
+        f"only in {name_b}: {only_b[:5]}{' ...' if len(only_b) > 5 else ''}"
     )
 
 
@@ -296,8 +304,8 @@ class _ImageLoading(_Keyed):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _read(self, path: str):
-        return read_rgb(path, self.max_image_pixels)
+    def _read_at(self, i: int):
+        return read_rgb(self.paths[i], self.max_image_pixels)
 
     def _load(self, index: int):
         n = len(self.paths)
@@ -305,7 +313,7 @@ class _ImageLoading(_Keyed):
             i = (index + attempt) % n
             path = self.paths[i]
             try:
-                img = self._read(path)
+                img = self._read_at(i)
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 if self.corrupt_images == "error":
                     raise InputError(
@@ -368,6 +376,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
     Args:
         root: dataset root holding ``train_dir`` and ``val_dir`` class folders.
         dataset: ``folder`` or the name of a procedural dataset (``longrange``).
+        format: how ``dataset=folder`` data is stored under ``root``: ``folder`` (image files in class
+            folders) or ``webdataset`` (shards written by ``tools/make_shards.py``: ``root/<split>/index.json``
+            and tar files; the same samples, classes, transforms, checks and exact resume; ``shards.py``).
         train_dir, val_dir: split folder names under ``root``.
         test_dir: split used by ``test`` (default: ``val_dir``).
         predict_dir: folder of images (any depth) used by ``predict`` (default: the test split).
@@ -397,6 +408,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self,
         root: str | None = None,
         dataset: Literal["folder", "longrange"] = "folder",
+        format: Literal["folder", "webdataset"] = "folder",
         train_dir: str = "train",
         val_dir: str = "val",
         test_dir: str | None = None,
@@ -428,6 +440,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         super().__init__()
         if dataset != "folder" and dataset not in synthetic.DATASETS:
             raise InputError(f"data.dataset={dataset!r}: choose 'folder' or one of {sorted(synthetic.DATASETS)}")
+        if format not in ("folder", "webdataset"):
+            raise InputError(f"data.format={format!r}: choose 'folder' (image files) or 'webdataset' (shards)")
         if batch_size < 1:
             raise InputError(f"data.batch_size must be >= 1, got {batch_size}")
         if eval_batch_size is not None and eval_batch_size < 1:
@@ -512,8 +526,20 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.test_set = self.val_set
         self.predict_set = self.val_set
 
+    def _scan(self, split_dir: Path, what: str):
+        """(classes, samples) of one split: scan_split's for folders, the shard index (a ShardSplit) for shards."""
+        if self.hparams.format == "webdataset":
+            from .shards import scan_shards  # noqa: PLC0415  (shards.py builds on this module)
+
+            return scan_shards(split_dir, what)
+        return scan_split(split_dir, what)
+
     def _images(self, samples, classes, transform) -> ImageFolderDataset:
         hp = self.hparams
+        if hp.format == "webdataset":
+            from .shards import ShardImageDataset  # noqa: PLC0415
+
+            return ShardImageDataset(samples, classes, transform, hp.corrupt_images, hp.seed, hp.max_image_pixels)
         return ImageFolderDataset(samples, classes, transform, hp.corrupt_images, hp.seed, hp.max_image_pixels)
 
     def _setup_folder(self, stage) -> None:
@@ -530,14 +556,14 @@ class ImageClassificationDataModule(L.LightningDataModule):
         train_dir, val_dir = root / hp.train_dir, root / hp.val_dir
         test_dir = root / (hp.test_dir or hp.val_dir)
         if stage in (None, "fit"):
-            classes, train_samples = scan_split(train_dir, "training")
+            classes, train_samples = self._scan(train_dir, "training")
             if len(classes) < 2:
                 raise InputError(
                     f"training folder {train_dir} has one class folder ({classes[0]}): a classifier needs at least "
                     "two classes to tell apart (expected <root>/train/<class>/<image> for every class)"
                 )
-            val_classes, val_samples = scan_split(val_dir, "validation")
-            check_folders(classes, val_classes, train_dir, val_dir)
+            val_classes, val_samples = self._scan(val_dir, "validation")
+            self._check_classes(classes, val_classes, train_dir, val_dir)
             self._set_classes(classes, str(train_dir))
             augment = train_transform(
                 cfg["image_size"],
@@ -555,17 +581,17 @@ class ImageClassificationDataModule(L.LightningDataModule):
             self.train_set = self._images(train_samples, classes, augment)
             self.val_set = self._images(val_samples, classes, evaluate)
         elif stage == "validate":
-            classes, val_samples = scan_split(val_dir, "validation")
+            classes, val_samples = self._scan(val_dir, "validation")
             self._check_against_train(classes, train_dir, val_dir)
             self._set_classes(classes, str(val_dir))
             self.val_set = self._images(val_samples, classes, evaluate)
         elif stage in ("test", "predict"):
-            classes, test_samples = scan_split(test_dir, "test")
+            classes, test_samples = self._scan(test_dir, "test")
             self._check_against_train(classes, train_dir, test_dir)
             self._set_classes(classes, str(test_dir))
             self.test_set = self._images(test_samples, classes, evaluate)
             if stage == "predict":
-                files = self.test_set.paths
+                files = None if hp.format == "webdataset" else self.test_set.paths
                 if hp.predict_dir:
                     pdir = Path(hp.predict_dir).expanduser()
                     if not pdir.is_dir():
@@ -573,12 +599,32 @@ class ImageClassificationDataModule(L.LightningDataModule):
                     files = _images_under(pdir)
                     if not files:
                         raise InputError(f"data.predict_dir {pdir} contains no images")
-                self.predict_set = ImageListDataset(files, evaluate, hp.corrupt_images, hp.seed, hp.max_image_pixels)
+                if files is None:  # the test split's shards
+                    from .shards import ShardListDataset  # noqa: PLC0415
 
-    @staticmethod
-    def _check_against_train(classes, train_dir: Path, other_dir: Path) -> None:
-        if train_dir.is_dir():  # evaluation-only copies may come without train/
-            check_folders(_list_classes(train_dir), classes, train_dir, other_dir)
+                    self.predict_set = ShardListDataset(test_samples, evaluate, hp.corrupt_images, hp.seed,
+                                                        hp.max_image_pixels)
+                else:
+                    self.predict_set = ImageListDataset(files, evaluate, hp.corrupt_images, hp.seed, hp.max_image_pixels)
+
+    def _check_classes(self, train_classes, other_classes, train_dir: Path, other_dir: Path) -> None:
+        if self.hparams.format == "webdataset":
+            from .shards import INDEX  # noqa: PLC0415
+
+            check_folders(train_classes, other_classes, train_dir / INDEX, other_dir / INDEX, "shard class lists")
+        else:
+            check_folders(train_classes, other_classes, train_dir, other_dir)
+
+    def _check_against_train(self, classes, train_dir: Path, other_dir: Path) -> None:
+        if not train_dir.is_dir():  # evaluation-only copies may come without train/
+            return
+        if self.hparams.format == "webdataset":
+            from .shards import read_index  # noqa: PLC0415
+
+            train_classes = read_index(train_dir, "training", check_files=False).classes
+        else:
+            train_classes = _list_classes(train_dir)
+        self._check_classes(train_classes, classes, train_dir, other_dir)
 
     # ------------------------------------------------------------------ loaders
     def _loader_kwargs(self, batch_size: int) -> dict[str, Any]:
