@@ -1,18 +1,20 @@
 """Every Triton kernel of the operator compiles for real GPUs (sm_80 and sm_90) on this machine.
 
 `triton.compile` with a GPUTarget needs no GPU, and the cuobjdump inside the triton wheel reads the
-cubin (swtasks/analysis/kernel_report.py). The report runs in subprocesses without TRITON_INTERPRET
+cubin (benchmarks/kernel_report.py: operator-development tooling, outside the package). The report runs in
+subprocesses without TRITON_INTERPRET
 (the test session interprets kernels, which a compile cannot use). Covered: every kernel family and
 pass (tensor-core forward, summed forward, input and weight gradients; the direct ones), at the
 configuration deterministic mode pins, at stage shapes that exercise each code path (block tiles of
 64 with vectorised loads and tensor-core column shifts, packed 7x7 planes with scalar loads, fp32 FMA
 dots run in phases, 3xTF32, fp16), each for one or both architectures. The sweep over every
 configuration the tuner can pick, every dtype and both architectures belongs to the tool
-(`tools/kernel_report.py`, ~25 min on 2 shared cores), whose tables are in benchmarks/RESULTS.md.
+(`python benchmarks/kernel_report.py`, ~25 min on 2 shared cores), whose tables are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -38,7 +40,7 @@ FAMILIES = {"tc_fwd", "tc_fwd_sum", "tc_dx", "tc_dw", "direct_fwd", "direct_fwd_
 def _report(case, out: Path) -> list[dict]:
     stages, dtypes, archs, kernels = case
     path = out / f"report-{stages}-{dtypes}-{archs.replace(',', '_')}.json"
-    cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--stages", stages, "--dtypes", dtypes,
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_report.py"), "--stages", stages, "--dtypes", dtypes,
            "--archs", archs, "--configs", "pinned", "--json", str(path), "--cache", str(out / "cache"), "--quiet",
            "--summary-only"] + (["--kernels", kernels] if kernels else [])
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -99,7 +101,10 @@ def test_tensor_cores_estimated_faster_than_direct(records):
 def test_loop_matcher_follows_the_compiled_layout():
     """The plan's loops against compiled layouts (no compile needed): exact; the branches laid out in
     another order; one branch's constant-trip inner loops unrolled; a loop the plan lacks is no match."""
-    from swtasks.analysis.kernel_report import _match_loops
+    spec = importlib.util.spec_from_file_location("kernel_report", ROOT / "benchmarks" / "kernel_report.py")
+    kernel_report = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))  # dataclasses need it
+    spec.loader.exec_module(kernel_report)
+    _match_loops = kernel_report._match_loops
     from swtasks.ops.launch import LoopModel
 
     plan = (LoopModel(1, 7), LoopModel(2, 4), LoopModel(2, 4), LoopModel(1, 5), LoopModel(2, 3))

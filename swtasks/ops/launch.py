@@ -3,7 +3,7 @@
 A `Launch` names the @triton.jit function, its pointer argument types, its runtime integers, its
 compile-time constants, the warps/stages, the grid and what a static cost model needs (the loops the
 compiled kernel should contain with their trip counts, and the compulsory DRAM traffic). The launch
-wrappers in `triton_cross.py` build a `Launch` and run it; `swtasks.analysis.kernel_report` builds
+wrappers in `triton_cross.py` build a `Launch` and run it; `benchmarks/kernel_report.py` builds
 the same `Launch` for the stage shapes and compiles it for sm_80 / sm_90 on a machine without a GPU,
 so the report measures exactly what runs. Imports only the standard library.
 """

@@ -2,8 +2,11 @@
 
 The training form runs N_path small-kernel sums, three strip branches with three BatchNorms and the
 identity; the deploy form (``reparameterize()``) runs one folded cross kernel plus a bias. Both in eval
-mode, same input; the table also reports their max relative difference. The command line is
-tools/benchmark_layer.py. Needs only torch (and triton for backend='triton' on CUDA).
+mode, same input; the table also reports their max relative difference.
+
+    python benchmarks/layer_benchmark.py [--device cpu|cuda] [--batch N] [--threads N] [--variant tc]
+
+Needs torch and numpy (and triton for backend='triton' on CUDA); runs from the source tree.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ from __future__ import annotations
 import copy
 import functools
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from ..layers import ShiftWiseConv2d
+if __name__ == "__main__":  # run as a script from the source tree: the repository root goes on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-__all__ = ["STAGES", "run"]
+from swtasks.layers import ShiftWiseConv2d  # noqa: E402
+from swtasks.models.shiftwise_net import operator_shapes  # noqa: E402
 
-# (channels, big kernel, feature size) of shiftwise_tiny's four stages at 224x224
-STAGES = [(80, 51, 56), (160, 49, 28), (320, 47, 14), (640, 13, 7)]
+__all__ = ["run"]
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -54,7 +61,8 @@ def run(*, device: str, batch: int | None = None, threads: int | None = None, re
         "| C | K | HxW | training form ms | deploy form ms | speed-up | max rel. diff |",
         "|---|---|---|---|---|---|---|",
     ]
-    for C, K, hw in STAGES:
+    for shape in operator_shapes("tiny"):  # shiftwise_tiny's four stages at 224x224
+        C, K, hw = shape.channels, shape.kernel, shape.size
         torch.manual_seed(0)
         train_form = ShiftWiseConv2d(C, K, backend=backend, variant=variant, dot_precision=dot_precision)
         train_form = train_form.to(device).eval()
@@ -75,3 +83,24 @@ def run(*, device: str, batch: int | None = None, threads: int | None = None, re
             f"| {C} | {K} | {hw}x{hw} | {t_train:.1f} | {t_deploy:.1f} | {t_train / t_deploy:.2f}x | {diff:.1e} |"
         )
     return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=None, help="default: 64 on CUDA, 8 on CPU")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--backend", default=None, help="operator backend (default: automatic)")
+    p.add_argument("--variant", default=None, help="Triton kernels: auto, tc or direct")
+    p.add_argument("--dot-precision", default=None, help="fp32 tensor-core dots: ieee, tf32x3 or tf32")
+    args = p.parse_args(argv)
+    print(run(device=args.device, batch=args.batch, threads=args.threads, repeats=args.repeats, dtype=args.dtype,
+              backend=args.backend, variant=args.variant, dot_precision=args.dot_precision))
+
+
+if __name__ == "__main__":
+    main()

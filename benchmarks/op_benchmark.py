@@ -1,10 +1,14 @@
 """Benchmark of the shift-wise operator's paths against large-kernel baselines (a table).
 
-The command line is tools/benchmark_op.py; this module is the benchmark. Needs only torch (and triton
-for the Triton rows) and the standard library: it runs from the source tree without installing.
+    python benchmarks/op_benchmark.py                       # CPU here, CUDA when present
+    python benchmarks/op_benchmark.py --device cuda --markdown >> benchmarks/RESULTS.md
+    python benchmarks/op_benchmark.py --device cuda --stages 1,3 --dtype bf16 --estimates report.json
 
-Rows, at the tiny model's four stage shapes (C = 80/160/320/640 -> R = 60/122/246/492 rep channels,
-H = W = 56/28/14/7, K = 51/49/47/13, k = 3, nk = ceil(K/k), 2 paths, 4 groups):
+Operator-development tooling, kept beside its results rather than in the package. Needs torch and numpy
+(and triton for the Triton rows): it runs from the source tree without installing.
+
+Rows, at the tiny model's four stage shapes (swtasks.models.shiftwise_net.operator_shapes: C = 80/160/320/640
+-> R = 60/122/246/492 rep channels, H = W = 56/28/14/7, K = 51/49/47/13, k = 3, nk = ceil(K/k), 2 paths, 4 groups):
   reference      the literal operator (small convs into the nk-times intermediate Y, shift-add by table)
   torch          the fast PyTorch path (cross kernels from the small kernels + strip convolutions)
   triton-tc      the Triton tensor-core (banded-matrix) kernels, variant='tc' (CUDA only); -tf32x3 / -tf32:
@@ -23,7 +27,7 @@ an fp32 matmul without TF32 if Triton is missing) and reports achieved TFLOP/s a
 (compulsory traffic: read the input once, write the outputs once) and, for the Triton rows, the
 ratio of the measured time to the roofline bound max(bytes / bandwidth, FLOPs / FP32 rate)
 (formulas: docs/operator.md, "Cost model"). With `estimates=` (the kernel report's JSON, see
-swtasks/analysis/kernel_report.py) the Triton rows carry the static estimate of their forward beside
+benchmarks/kernel_report.py) the Triton rows carry the static estimate of their forward beside
 the measured time.
 """
 
@@ -31,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib
 import json
 import math
 import os
@@ -44,53 +47,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-STAGES = {  # stage: (C, H=W, K)
-    1: (80, 56, 51),
-    2: (160, 28, 49),
-    3: (320, 14, 47),
-    4: (640, 7, 13),
-}
-GHOST_RATIO, N_PATH, N_REP = 0.23, 2, 4
+if __name__ == "__main__":  # run as a script from the source tree: the repository root goes on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from swtasks.models.shiftwise_net import operator_shapes, shiftwise_arch  # noqa: E402
+from swtasks.ops.cross_conv import cross_conv  # noqa: E402
+from swtasks.ops.shiftwise import rep_channel_count, shiftwise_conv, shiftwise_reference, shiftwise_tables  # noqa: E402
+
+STAGES = {s.stage: s for s in operator_shapes("tiny")}
+_TINY = shiftwise_arch("tiny")
+GHOST_RATIO, N_PATH, N_REP = _TINY["ghost_ratio"], _TINY["n_path"], _TINY["n_rep"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# ------------------------------------------------------------------------------------------------
-# imports that work from the source tree with only torch (+ triton)
-# ------------------------------------------------------------------------------------------------
-
-
-def import_ops():
-    """(cross_conv module, shiftwise module or None, note). swtasks.ops loads its submodules lazily, so
-    cross_conv needs only torch; the tables of swtasks.ops.shiftwise also need numpy."""
-    cc = importlib.import_module("swtasks.ops.cross_conv")
-    try:
-        sw = importlib.import_module("swtasks.ops.shiftwise")
-    except ImportError as exc:
-        return cc, None, f"swtasks.ops.shiftwise missing ({exc}): reference row skipped, random tables"
-    return cc, sw, ""
 
 
 # ------------------------------------------------------------------------------------------------
 # problem set-up
 # ------------------------------------------------------------------------------------------------
-
-
-def rep_channels(C: int) -> int:
-    return int(C * (1 - GHOST_RATIO)) // 2 * 2
-
-
-def random_tables(R: int, nk: int, gen: torch.Generator):
-    """Per-group bijections (used only when swtasks.ops.shiftwise is unavailable)."""
-    slot_h = torch.stack(
-        [torch.cat([torch.randperm(nk, generator=gen) for _ in range(R)]) for _ in range(N_REP)]
-    )
-    slot_v = torch.stack(
-        [torch.cat([torch.randperm(nk, generator=gen) for _ in range(R)]) for _ in range(N_REP)]
-    )
-    ident = torch.stack(
-        [torch.randint(0, nk, (R,), generator=gen) + torch.arange(R) * nk for _ in range(N_REP)]
-    )
-    return slot_h, slot_v, ident
 
 
 class Problem:
@@ -100,15 +72,15 @@ class Problem:
         batch: int,
         dtype: torch.dtype,
         device: torch.device,
-        sw,
         k: int = 3,
         smoke: bool = False,
     ):
-        C, HW, K = STAGES[stage]
+        shape = STAGES[stage]
+        C, HW, K = shape.channels, shape.size, shape.kernel
         if smoke:
             C, HW = 6, min(HW, 10)
         self.stage, self.C, self.H, self.W, self.K, self.k = stage, C, HW, HW, K, k
-        self.R = R = rep_channels(C)
+        self.R = R = rep_channel_count(C, GHOST_RATIO)
         self.nk = nk = math.ceil(K / k)
         self.L = k * nk
         self.B, self.dtype, self.device = batch, dtype, device
@@ -119,12 +91,9 @@ class Problem:
 
         self.x = rnd(batch, R, HW, HW)
         self.weight = rnd(N_PATH, R * nk, k, k, scale=0.1)
-        if sw is not None:
-            t = sw.shiftwise_tables(C, K, k, GHOST_RATIO, N_REP)
-            assert t.rep_idx.numel() == R
-            self.tables = (t.slot_h.to(device), t.slot_v.to(device), t.ident.to(device))
-        else:
-            self.tables = tuple(t.to(device) for t in random_tables(R, nk, gen))
+        t = shiftwise_tables(C, K, k, GHOST_RATIO, N_REP)
+        assert t.rep_idx.numel() == R
+        self.tables = (t.slot_h.to(device), t.slot_v.to(device), t.ident.to(device))
         # deploy form: one folded cross kernel
         self.w_h = rnd(R, k, self.L, scale=0.1)
         self.w_v = rnd(R, self.L, k, scale=0.1)
@@ -155,28 +124,22 @@ def triton_variants(dtype: torch.dtype, tf32: bool):
     return rows
 
 
-def make_rows(p: Problem, cc, sw, device: torch.device, triton_ok: bool, triton_note: str, tf32: bool = False,
+def make_rows(p: Problem, device: torch.device, triton_ok: bool, triton_note: str, tf32: bool = False,
               deterministic: bool | None = None):
     rows = []
     K, k, L, R = p.K, p.k, p.L, p.R
     cross_flops = 2 * (2 * k * L + k * k)
     cl = torch.channels_last
-    w_s_given = p.w_h[:, :, :k].contiguous()
 
     def fast(**switches):
-        """The operator with the given cross_conv switches: from the small kernels (kernel build included)
-        when swtasks.ops.shiftwise imports, else from given cross kernels."""
-        if sw is not None:
-            return (lambda x, weight: sw.shiftwise_conv(x, weight, *p.tables, big_kernel=K, **switches)), (p.x, p.weight), \
-                "kernel build included"
-        return (lambda x, wh, wv, ws: cc.cross_conv(x, wh, wv, ws, big_kernel=K, **switches)), \
-            (p.x, p.w_h, p.w_v, w_s_given), "cross kernels given"
+        """The operator with the given cross_conv switches, from the small kernels (kernel build included)."""
+        return (lambda x, weight: shiftwise_conv(x, weight, *p.tables, big_kernel=K, **switches)), (p.x, p.weight), \
+            "kernel build included"
 
-    if sw is not None:
-        e = (k - 1) - k // 2
-        ref_flops = 2 * N_PATH * p.nk * k * k * (p.H + 2 * e) * (p.W + 2 * e) / (p.H * p.W) + N_REP * (2 * p.nk + 1)
-        rows.append(("reference", lambda x, weight: sw.shiftwise_reference(x, weight, *p.tables, big_kernel=K),
-                     (p.x, p.weight), ref_flops, 4, "literal: nk-times intermediate Y"))
+    e = (k - 1) - k // 2
+    ref_flops = 2 * N_PATH * p.nk * k * k * (p.H + 2 * e) * (p.W + 2 * e) / (p.H * p.W) + N_REP * (2 * p.nk + 1)
+    rows.append(("reference", lambda x, weight: shiftwise_reference(x, weight, *p.tables, big_kernel=K),
+                 (p.x, p.weight), ref_flops, 4, "literal: nk-times intermediate Y"))
     fn, ins, note = fast(backend="torch")
     rows.append(("torch", fn, ins, cross_flops, 4, note))
     variants = triton_variants(p.dtype, tf32)
@@ -189,7 +152,7 @@ def make_rows(p: Problem, cc, sw, device: torch.device, triton_ok: bool, triton_
     deploy_flops = 2 * (2 * k * L)
 
     def deploy(**switches):
-        return lambda x, wh, wv: cc.cross_conv(x, wh, wv, None, big_kernel=K, reduce=True, **switches)
+        return lambda x, wh, wv: cross_conv(x, wh, wv, None, big_kernel=K, reduce=True, **switches)
 
     rows.append(("torch-deploy", deploy(backend="torch"), (p.x, p.w_h, p.w_v), deploy_flops, 2,
                  "one folded cross kernel"))
@@ -297,8 +260,9 @@ class Runner:
 
 
 def cpu_peak_mib(call) -> float | None:
-    """Peak MiB allocated by PyTorch's CPU allocator during `call()` (the model benchmark's measure)."""
-    from .benchmark import peak_memory_mib  # noqa: PLC0415
+    """Peak MiB allocated by PyTorch's CPU allocator during `call()` (the model benchmark's measure; imported
+    here, on CPU only, so that the GPU run needs nothing of swtasks beyond the operator and the model table)."""
+    from swtasks.analysis.benchmark import peak_memory_mib  # noqa: PLC0415
 
     return peak_memory_mib(call, torch.device("cpu"))
 
@@ -432,7 +396,7 @@ def fmt_mib(m):
 
 def load_estimates(path: str | None) -> dict:
     """(stage, dtype variant, kernel family, pass) -> best sm_90 estimate in seconds, from the kernel
-    report's JSON (tools/kernel_report.py --json)."""
+    report's JSON (benchmarks/kernel_report.py --json)."""
     if not path:
         return {}
     best: dict = {}
@@ -485,7 +449,6 @@ def run(*, device: str, batch: int | None = None, stages=(1, 2, 3, 4), dtypes=No
     )
     est = load_estimates(estimates)
 
-    cc, sw, import_note = import_ops()
     triton_ok, triton_note = False, "CUDA only (the CPU interpreter is for tests, not timing)"
     if cuda or allow_cpu_triton:
         try:
@@ -521,7 +484,7 @@ def run(*, device: str, batch: int | None = None, stages=(1, 2, 3, 4), dtypes=No
         ceilings = {"bw": bw, "fma": fma}
         header["copy bandwidth"] = f"{bw / 1e12:.2f} TB/s (device-to-device copy, read + write)"
         header["FP32 FMA rate"] = f"{fma / 1e12:.1f} TFLOP/s ({how})"
-    notes = [n for n in (import_note,) if n]
+    notes = []
 
     if not cuda and runner.memory:
         cpu_peak_mib(lambda: torch.ones(8).sum())  # initialise the profiler once (seconds), outside any cell
@@ -531,10 +494,10 @@ def run(*, device: str, batch: int | None = None, stages=(1, 2, 3, 4), dtypes=No
             dtype = DTYPES[dname]
             if not cuda and dtype != torch.float32:
                 notes.append(f"{dname} on CPU: slow paths in PyTorch's CPU convolutions; timed anyway")
-            p = Problem(stage, batch, dtype, device, sw, smoke=smoke)
+            p = Problem(stage, batch, dtype, device, smoke=smoke)
             ref_outs = {}
             for name, fn, inputs, flops, nvals, note in make_rows(
-                p, cc, sw, device, triton_ok, triton_note, tf32, deterministic
+                p, device, triton_ok, triton_note, tf32, deterministic
             ):
                 if paths and not any(s in name for s in paths):
                     continue
@@ -719,3 +682,45 @@ def render_markdown(header, results, summary, notes, cuda, command):
     lines += [f"- note: {n}" for n in dict.fromkeys(notes)]
     return "\n".join(lines)
 
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    import argparse  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=None, help="default: 64 on CUDA, 8 on CPU")
+    ap.add_argument("--stages", default="1,2,3,4", help="comma-separated subset of 1,2,3,4")
+    ap.add_argument("--dtype", default=None, help="comma-separated fp32,bf16,fp16 (default: fp32,bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per cell (default 10 CUDA, 3 CPU)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up runs per cell (default 2 CUDA, 1 CPU)")
+    ap.add_argument("--max-cell-seconds", type=float, default=None,
+                    help="stop repeating a cell after this long (default 4 CUDA, 6 CPU)")
+    ap.add_argument("--paths", default=None, help="comma-separated row names to keep (substring match)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--tf32", action="store_true", help="add rows: tensor-core kernels with tf32x3 and tf32 dots (fp32)")
+    ap.add_argument("--no-backward", action="store_true", help="forward only")
+    ap.add_argument("--markdown", action="store_true", help="emit a markdown section for benchmarks/RESULTS.md")
+    ap.add_argument("--estimates", default=None, help="kernel report JSON: print static estimates beside the times")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="Triton rows in deterministic mode: the pinned tile configuration, no tuning")
+    # plumbing checks without a GPU: tiny shapes, Triton rows on CPU under TRITON_INTERPRET=1
+    ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--allow-cpu-triton", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    print(run(device=args.device, batch=args.batch, stages=[int(s) for s in args.stages.split(",")],
+              dtypes=args.dtype.split(",") if args.dtype else None, repeats=args.repeats, warmup=args.warmup,
+              max_cell_seconds=args.max_cell_seconds, paths=args.paths.split(",") if args.paths else None,
+              threads=args.threads, memory=not args.no_memory, tf32=args.tf32, backward=not args.no_backward,
+              markdown=args.markdown, smoke=args.smoke, allow_cpu_triton=args.allow_cpu_triton,
+              estimates=args.estimates, deterministic=True if args.deterministic else None,
+              command="python benchmarks/op_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -25,9 +25,17 @@ The model (stated, not measured; constants in `H100`, printed with every report)
   for fp32 `ieee` (and the CUDA-core kernels), the tensor-core peak for bf16/fp16 and tf32 (tf32x3:
   a third of it).
 
-Imports only the standard library, triton and swtasks.ops (torch): the command line is
-tools/kernel_report.py, run from the source tree (`PYTHONPATH=. python tools/kernel_report.py`) on any
-machine with the CUDA build of triton, GPU or not.
+Operator-development tooling, kept beside its results (benchmarks/kernel_report/) rather than in the package.
+Imports the standard library, triton, swtasks.ops and the stage table of swtasks.models.shiftwise_net (torch,
+numpy); runs from the source tree on any machine with the CUDA build of triton, GPU or not:
+
+    python benchmarks/kernel_report.py                          # all stages, dtypes, configs
+    python benchmarks/kernel_report.py --stages 1 --dtypes bf16 --archs 90 --summary-only
+    python benchmarks/kernel_report.py --json report.json --csv report.csv --markdown report.md
+
+Per (kernel, config, dtype, arch, stage): registers, spilled bytes, shared memory, tensor-core instructions,
+global loads, FP32 FMAs, estimated time and the roofline bound of the pass; then the best fitting
+configuration per pass.
 """
 
 from __future__ import annotations
@@ -46,6 +54,11 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+if __name__ == "__main__":  # run as a script from the source tree: the repository root goes on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from swtasks.models.shiftwise_net import operator_shapes  # noqa: E402
 
 __all__ = [
     "GPUModel",
@@ -86,12 +99,7 @@ class StageShape:
 
 
 # SW-T (tiny) at 224 x 224, batch 64: rep channels, feature size, big kernel
-STAGES = {
-    1: StageShape(1, 64, 60, 56, 56, 51),
-    2: StageShape(2, 64, 122, 28, 28, 49),
-    3: StageShape(3, 64, 246, 14, 14, 47),
-    4: StageShape(4, 64, 492, 7, 7, 13),
-}
+STAGES = {s.stage: StageShape(s.stage, 64, s.rep, s.size, s.size, s.kernel, s.small) for s in operator_shapes("tiny")}
 
 
 @dataclass(frozen=True)
@@ -741,7 +749,7 @@ def report(*, stages=(1, 2, 3, 4), dtypes=tuple(DTYPE_VARIANTS), archs=(80, 90),
         f"Command: `{cmd}`",
         f"triton {triton.__version__}; compiled for {', '.join(f'sm_{a}' for a in archs)}; batch {batch}",
         f"Model: {H100.describe()}",
-        "Estimate = max(issue, load/store, tensor core, DRAM) of the compiled kernel (swtasks/analysis/kernel_report.py); "
+        "Estimate = max(issue, load/store, tensor core, DRAM) of the compiled kernel (benchmarks/kernel_report.py); "
         "bound = max(compulsory bytes / HBM, useful FLOPs / peak of the dtype).",
     ]
     summary = render_summary(rows, markdown=False)
@@ -757,3 +765,41 @@ def report(*, stages=(1, 2, 3, 4), dtypes=tuple(DTYPE_VARIANTS), archs=(80, 90),
         Path(json_path).write_text(json.dumps({"model": asdict(H100), "command": cmd, "records": records(rows)},
                                               indent=1))
     return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    import argparse  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stages", default="1,2,3,4", help="comma-separated subset of 1,2,3,4 (SW-T shapes)")
+    ap.add_argument("--dtypes", default=",".join(DTYPE_VARIANTS), help=f"subset of {','.join(DTYPE_VARIANTS)}")
+    ap.add_argument("--archs", default="80,90", help="compute capabilities to compile for")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--kernels", default=None, help="comma-separated kernel names to keep (substring match)")
+    ap.add_argument("--configs", choices=["all", "pinned"], default="all",
+                    help="every configuration the tuner can pick, or only deterministic mode's")
+    ap.add_argument("--provider", default=DEFAULT_PROVIDER,
+                    help="module:function yielding the launches of a stage shape and dtype")
+    ap.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    ap.add_argument("--cache", default=DEFAULT_CACHE, help="directory for compiled-kernel results ('' to disable)")
+    ap.add_argument("--csv", default=None, help="write every row as CSV")
+    ap.add_argument("--markdown", default=None, help="write the tables as markdown to this file")
+    ap.add_argument("--json", default=None, help="write one record per (kernel, config, dtype, arch)")
+    ap.add_argument("--summary-only", action="store_true", help="print only the per-pass summary")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = ap.parse_args(argv)
+    report(stages=[int(s) for s in args.stages.split(",")], dtypes=[d for d in args.dtypes.split(",") if d],
+           archs=tuple(int(a) for a in args.archs.split(",")), batch=args.batch,
+           kernels=args.kernels.split(",") if args.kernels else None, provider=args.provider, configs=args.configs,
+           jobs=args.jobs, cache=args.cache or None, csv_path=args.csv, markdown_path=args.markdown,
+           json_path=args.json, summary_only=args.summary_only, quiet=args.quiet,
+           command="python benchmarks/kernel_report.py " + " ".join(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
