@@ -9,7 +9,7 @@ Each family module registers its variants with `register_model` (and its checkpo
 """
 
 from .convnext import CONVNEXT_ARCHS, ConvNeXt  # noqa: E402
-from .kernelwarehouse import KW_VARIANTS, KWConvNeXt  # noqa: E402
+from .kw_variants import KW_VARIANTS, KWConvNeXt  # noqa: E402
 from .registry import (
     ModelConfigError,
     checkpoint_adapter,
@@ -21,9 +21,9 @@ from .registry import (
     register_family,
     register_model,
 )
+from .resnet_mobilenet import MobileNetV2, ResNet  # noqa: E402
 from .shiftwise_net import SHIFTWISE_ARCHS, ShiftWiseBlock, ShiftWiseNet, shiftwise_arch  # noqa: E402
 from .slak import SLAK_ARCHS, SLaK  # noqa: E402
-from .torchvision_baselines import MobileNetV2, ResNet  # noqa: E402
 from .unireplknet import UNIREPLKNET_ARCHS, UniRepLKNet  # noqa: E402
 
 __all__ = [

@@ -18,7 +18,7 @@ published module names loads the published checkpoints with an identity mapping 
 
 `ConvNeXt` builds its stem, downsampling layers and blocks through overridable methods (`_stem`,
 `_downsample`, `_block`) and calls `_before_layers()` / `_after_layers()` around them, so a variant with
-other convolutions (KernelWarehouse's ConvNeXt, swtasks/models/kernelwarehouse.py) reuses every door.
+other convolutions (KernelWarehouse's ConvNeXt, swtasks/models/kw_variants.py) has the same model protocol (docs/models.md, "The model protocol").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 `kw_convnext_t_1x`, with the published per-variant settings, and the adapter for the published checkpoints.
 
 Spec: docs/models.md, "KernelWarehouse". The layers are swtasks.layers.kernel_warehouse; the ResNet and
-MobileNetV2 builders are swtasks/models/torchvision_baselines.py (the plain baselines' builder with KW
+MobileNetV2 builders are swtasks/models/resnet_mobilenet.py (the plain baselines' builder with KW
 convolutions); the ConvNeXt builder is swtasks/models/convnext.py with KW convolutions (`KWConvNeXt`).
 
 Variant suffixes: `1d4x` = KW(1/4x), `1d2x` = KW(1/2x), `1x`, `2x`, `4x`, as in the published configs:
@@ -39,7 +39,7 @@ from .convnext import ConvNeXt
 from .param_groups import layer_id as convnext_layer_id
 from .param_groups import stage_id as convnext_stage_id
 from .registry import check_overrides, register_family, register_model
-from .torchvision_baselines import _WAREHOUSE, KWMixin, MobileNetV2, ResNet
+from .resnet_mobilenet import _WAREHOUSE, KWMixin, MobileNetV2, ResNet
 
 __all__ = ["KW_ADAPTER", "KW_VARIANTS", "KWConvNeXt", "KWConvNeXtBlock"]
 

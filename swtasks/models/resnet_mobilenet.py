@@ -1,8 +1,8 @@
 """ResNet and MobileNetV2 in torchvision's layout, plain or with KernelWarehouse convolutions; registers the
-plain baselines `resnet18`, `resnet50` and `mobilenetv2_100` (the KW variants: swtasks/models/kernelwarehouse.py).
+plain baselines `resnet18`, `resnet50` and `mobilenetv2_100` (the KW variants: swtasks/models/kw_variants.py).
 
-Spec: docs/models.md, "Plain baselines" and "KernelWarehouse". One builder serves both, so a baseline and
-its KW version differ only in their convolutions (same initialisation, forward, drop path and doors):
+Spec: docs/models.md, "KernelWarehouse" (which also covers the plain baselines). One builder serves both, so a baseline and
+its KW version differ only in their convolutions (same initialisation, forward, drop path and model protocol):
 
     ResNet:       conv1, bn1, (relu, maxpool), layer1..layer4 (BasicBlock / Bottleneck: conv1, bn1, conv2,
                   bn2[, conv3, bn3], downsample.0/1), fc; the stride sits on the 3x3 convolution (v1.5)
@@ -19,7 +19,7 @@ classifier stay static; MobileNetV2's stem, depthwise and pointwise convolutions
 module registration order (which decides each layer's own cells) and the same key names, so the published
 checkpoints load with an identity mapping.
 
-Doors: features_only maps at strides 4/8/16/32 (ResNet: layer1..4; MobileNetV2: the last feature module of
+Model protocol: features_only maps at strides 4/8/16/32 (ResNet: layer1..4; MobileNetV2: the last feature module of
 each resolution, features.3/6/13/18, as in the published detection backbone), feature_info, no_weight_decay,
 grad checkpointing per block, and a layer-id rule (`layer_id`, `stage_id`, `num_layer_ids`) for layer-wise
 lr decay: stem 0, then one id per residual block / feature module, the classifier outside.
