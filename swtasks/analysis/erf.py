@@ -5,7 +5,7 @@ converted with `+swK`, see swtasks.models.foreign), an MMDetection / MMSegmentat
 backbone+neck's outputs: `swtasks.mm.erf.mm_extractor`, which builds it from its config file one floor up and is
 passed here as a `(label, module)` pair, as tools/erf.py does), or any nn.Module given from Python; `layer_output(model, "stages.2")` measures the output of any named module instead.
 
-Method (RepLKNet's, reused by SLaK, UniRepLKNet and the shift-wise paper; docs/analysis.md, "ERF"):
+Method (RepLKNet's, reused by SLaK, UniRepLKNet and the shift-wise paper; docs/analysis.md, "Effective receptive field"):
 for each image x, take the feature map y of a chosen stage (the stage's own output, before any
 features_only norm), the scalar s = sum_c relu(y[c, h // 2, w // 2]) at the centre position, and the
 gradient g = ds/dx; the image's contribution map is relu(g) summed over the input channels. The maps
