@@ -24,7 +24,7 @@ demo-seg: setup
 	$(PY) tools/train_seg.py configs/seg/demo.py
 
 lint: setup
-	$(PY) -m ruff check swtasks tools tests
+	$(PY) -m ruff check swtasks tools tests benchmarks
 
 clean-venv:
 	rm -rf .venv
