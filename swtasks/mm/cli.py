@@ -6,6 +6,7 @@
 
 Multi-GPU: ``torchrun --nproc_per_node=8 tools/train_det.py CONFIG --launcher pytorch``;
 Slurm: ``srun --ntasks=16 --ntasks-per-node=8 --gres=gpu:8 python -u tools/train_det.py CONFIG --launcher slurm``.
+Without a GPU, ``--launcher pytorch`` uses gloo and ``--amp`` bfloat16 autocast (swtasks.mm.devices).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _parser(task: str, mode: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--amp",
             action="store_true",
-            help="automatic mixed precision (AmpOptimWrapper, dynamic loss scale)",
+            help="automatic mixed precision: float16 with a dynamic loss scale on GPUs (AmpOptimWrapper), bfloat16 "
+            "autocast without a GPU",
         )
         p.add_argument(
             "--auto-scale-lr",
@@ -182,14 +184,12 @@ def load_config(args, task: str, mode: str):
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    from . import devices  # registers the CPU wrappers a config may name
+
+    for line in devices.configure(cfg, args.launcher, mode == "train" and args.amp):
+        print(f"tools/{mode}_{task}.py: {line}", flush=True)
     if mode == "train":
         _add_exact_resume_hook(cfg)
-        if args.amp:
-            if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
-                pass  # already mixed precision
-            else:
-                cfg.optim_wrapper.type = "AmpOptimWrapper"
-                cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
         if args.auto_scale_lr:
             if not cfg.get("auto_scale_lr") or "base_batch_size" not in cfg.auto_scale_lr:
                 raise UserError("--auto-scale-lr: the config has no auto_scale_lr.base_batch_size")
@@ -319,6 +319,9 @@ def main(task: str, mode: str, argv: Sequence[str] | None = None):
                 fetch_remote(value)  # refused here, before anything is built (the message names the opt-in)
         if not args.skip_data_check:
             check_data(cfg, mode)
+        from .devices import init_process_group
+
+        init_process_group(cfg)  # CPU (gloo): before the Runner, whose init_dist assumes CUDA
         with checkpoint_loading(args.trust_pickle, args.allow_download):
             runner = _build_runner(cfg)
             if mode == "train":
