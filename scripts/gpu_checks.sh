@@ -14,6 +14,8 @@
 #      inference, bf16 autocast and fp32, batch 64 (tools/benchmark.py)
 #   5. mixed-precision classification: tools/train_cls.py fit, demo config, 16-mixed and bf16-mixed, 120 steps:
 #      the loss scale and the non-finite loss / gradient counts
+#   6. mixed-precision detection: tools/train_det.py --amp (float16, dynamic loss scale) on the smoke Mask R-CNN,
+#      40 iterations: the loss scale, the steps the scaler skipped and the non-finite losses (AmpReportHook)
 # Usage: bash scripts/gpu_checks.sh            (PYTHON=... to choose the interpreter)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -107,6 +109,13 @@ print(f"- {prec}: {len(h.losses)} finite losses, {h.bad_loss} non-finite, {h.bad
       f"gradients; first/last loss {h.losses[0]:.3f}/{h.losses[-1]:.3f}; {scale}; {time.time() - t:.0f} s")
 PYEOF
 done
+
+step "6. Mixed-precision detection: tools/train_det.py --amp, smoke Mask R-CNN, 40 iterations"
+"$PY" -m swtasks.mm.testing coco "$WORK/tiny_coco" > /dev/null 2>&1
+timeout 300 "$PY" tools/train_det.py configs/det/mask-rcnn_shiftwise-atto_fpn_2iter_tiny-coco.py --amp \
+    --data-root "$WORK/tiny_coco" --work-dir "$WORK/det-amp" --cfg-options train_cfg.max_iters=40 \
+    default_hooks.checkpoint.interval=40 > "$WORK/det-amp.log" 2>&1 || status=1
+grep -h -e "--amp:" -e "amp: " "$WORK/det-amp.log" | sed 's/^.*- INFO - //; s/^/    /' | tee -a "$RES"
 
 echo | tee -a "$RES"
 echo "Wall time: $(( $(date +%s) - t0 )) s; status: $([[ $status -eq 0 ]] && echo OK || echo FAILED)" | tee -a "$RES"
