@@ -15,6 +15,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from swtasks.sparse import DynamicSparsity, KernelSparsity, UnstructuredSparsity
+
 from .errors import InputError, NonFiniteLossError
 
 __all__ = [
@@ -173,11 +175,17 @@ class SlurmRequeue(Callback):
         rank_zero_info(f"requeue of SLURM job {job}: {'done' if result == 0 else f'failed (exit {result})'}")
 
 
+# SparseTraining's defaults, stated once in swtasks.sparse: the kernel kind's (for method='unstructured' too)
+# over the schedule's shared ones, and the unstructured kind's layer-density rule
+_SPARSE_DEFAULTS = {**DynamicSparsity.__init__.__kwdefaults__, **KernelSparsity.__init__.__kwdefaults__,
+                    "init": UnstructuredSparsity.__init__.__kwdefaults__["init"]}
+
+
 class SparseTraining(Callback):
     """Dynamic sparse training: ``method='kernel'`` (default) is the shift-wise operator's per-small-kernel
     sparsity (``swtasks.sparse.KernelSparsity``), ``method='unstructured'`` SLaK's per-weight sparsity of the
     large-kernel convolutions (``swtasks.sparse.UnstructuredSparsity``, layer densities by ``init``: snip,
-    erk or uniform; no path alignment).
+    erk or uniform; no path alignment). The defaults are KernelSparsity's, for both methods.
 
     Masks are set from SNIP scores on the first training batch (unless a checkpoint brought them), the
     weights are re-masked after every optimiser step, every ``update_interval`` optimiser steps kernels are
@@ -189,15 +197,15 @@ class SparseTraining(Callback):
 
     def __init__(
         self,
-        sparsity: float = 0.3,
-        update_interval: int | None = 100,
-        prune_rate: float = 0.3,
-        final_prune_rate: float = 0.005,
-        align_interval: int | None = 131,
-        dense_threshold: float = 0.99,
-        seed: int = 0,
+        sparsity: float = _SPARSE_DEFAULTS["sparsity"],
+        update_interval: int | None = _SPARSE_DEFAULTS["update_interval"],
+        prune_rate: float = _SPARSE_DEFAULTS["prune_rate"],
+        final_prune_rate: float = _SPARSE_DEFAULTS["final_prune_rate"],
+        align_interval: int | None = _SPARSE_DEFAULTS["align_interval"],
+        dense_threshold: float = _SPARSE_DEFAULTS["dense_threshold"],
+        seed: int = _SPARSE_DEFAULTS["seed"],
         method: str = "kernel",
-        init: str = "snip",
+        init: str = _SPARSE_DEFAULTS["init"],
     ):
         super().__init__()
         if method not in ("kernel", "unstructured"):
@@ -219,8 +227,6 @@ class SparseTraining(Callback):
         self._last_step = -1
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        from swtasks.sparse import KernelSparsity, UnstructuredSparsity
-
         cls = KernelSparsity if self.method == "kernel" else UnstructuredSparsity
         try:
             self.sparsity = cls(

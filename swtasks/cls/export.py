@@ -4,8 +4,9 @@ MMSegmentation ``init_cfg`` or ``swtasks.create_model(checkpoint_path=...)``).
 File layout: ``{"state_dict": {"backbone.<key>": tensor, ...}, "meta": {...}}``. The keys keep the
 ``backbone.`` prefix so that the MM configs' ``init_cfg=dict(type='Pretrained', checkpoint=FILE,
 prefix='backbone.')`` selects them (mmengine strips the prefix); ``swtasks.create_model(...,
-checkpoint_path=FILE)`` strips it too. Sparsity masks are folded into the weights (pruned small kernels
-are exact zeros; ``swtasks.sparse.masks_from_weights`` recovers the pattern), so the file loads into a
+checkpoint_path=FILE)`` strips it too. Small-kernel sparsity masks are folded into the weights
+(``swtasks.sparse.fold_masks``: pruned small kernels are exact zeros; ``swtasks.sparse.masks_from_weights``
+recovers the pattern), so the file loads into a
 freshly created backbone; with ``reparameterize=True`` it holds the deploy structure (create the model
 with ``deploy=True`` to load it).
 """
@@ -15,25 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
 from ..checkpoint import file_num_classes, load_into, save_weights
+from ..sparse import fold_masks
 from .errors import InputError
 from .io import model_options_from_file, read_lightning_checkpoint
 from .module import BACKBONE_PREFIX, EMA_PREFIX
-
-
-def fold_kernel_masks(model: torch.nn.Module) -> int:
-    """Multiply every sparsity mask into its weights and drop the mask; returns how many were folded."""
-    n = 0
-    with torch.no_grad():
-        for m in model.modules():
-            mask = getattr(m, "kernel_mask", None)
-            if isinstance(mask, torch.Tensor) and hasattr(m, "set_kernel_mask"):
-                m.weight.mul_(mask.to(m.weight.dtype)[..., None, None])
-                m.set_kernel_mask(None)
-                n += 1
-    return n
 
 
 def export_backbone(
@@ -67,7 +54,7 @@ def export_backbone(
         raise InputError(f"the checkpoint holds no {what}")
     load_into(model, ckpt, prefix=prefix, source=os.fspath(checkpoint))
     model.eval()
-    folded = fold_kernel_masks(model)
+    folded = fold_masks(model)
     verified = None
     if reparameterize:
         try:

@@ -26,6 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from swtasks.checkpoint import CheckpointMismatchError, LoadReport, load_into, read_checkpoint
 from swtasks.mm.checkpoint_io import loading_options
+from swtasks.sparse import apply_weight_masks, mask_summary, masks_from_weights, masks_from_zero_weights
 
 # variant aliases between families that spell sizes differently (shiftwise_tiny vs unireplknet_t)
 _SIZE_ALIASES = {
@@ -346,17 +347,13 @@ class RegistryBackbone(BaseModule):
         report.selected += " (training structure, re-parameterised while loading)"
         return report
 
-    def _apply_sparse_masks(self) -> dict:
-        from swtasks.sparse import masks_from_weights
+    # sparse=True: how the loaded weights' zeros become masks (swtasks.sparse), and the report's words
+    _sparse_masks = staticmethod(masks_from_weights)
+    _sparse_report = ("shift-wise layers", "kernel")
 
-        masks = masks_from_weights(self)
-        total = sum(int(m.numel()) for m in masks.values())
-        kept = sum(int(m.sum()) for m in masks.values())
-        density = f"{kept / total:.3f}" if total else "1 (no zero kernels found)"
-        print_log(
-            f"{type(self).__name__}: sparse=True: {len(masks)} shift-wise layers masked, kernel density {density}",
-            logger="current",
-        )
+    def _apply_sparse_masks(self) -> dict:
+        masks = self._sparse_masks(self._net)
+        print_log(f"{type(self).__name__}: sparse=True: {mask_summary(masks, *self._sparse_report)}", logger="current")
         return masks
 
 
@@ -380,12 +377,6 @@ class UniRepLKNet(RegistryBackbone):
         super().__init__(*args, sparse=False, **kwargs)
 
 
-def _reapply_weight_masks(module: nn.Module, *args) -> None:
-    from swtasks.sparse import apply_weight_masks
-
-    apply_weight_masks(module)
-
-
 class SLaK(RegistryBackbone):
     """SLaK backbone (``arch`` 't'/'tiny', 's'/'small', 'b'/'base'); see :class:`RegistryBackbone`.
 
@@ -399,21 +390,11 @@ class SLaK(RegistryBackbone):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.sparse:
-            self.register_forward_pre_hook(lambda module, args: _reapply_weight_masks(module._net))
-            self._net.register_state_dict_pre_hook(lambda module, prefix, keep_vars: _reapply_weight_masks(module))
+            self.register_forward_pre_hook(lambda module, args: apply_weight_masks(module._net))
+            self._net.register_state_dict_pre_hook(lambda module, prefix, keep_vars: apply_weight_masks(module))
 
-    def _apply_sparse_masks(self) -> dict:
-        from swtasks.sparse import masks_from_zero_weights
-
-        masks = masks_from_zero_weights(self._net)
-        total = sum(int(m.numel()) for m in masks.values())
-        kept = sum(int(m.sum()) for m in masks.values())
-        density = f"{kept / total:.3f}" if total else "1 (no zero weights found)"
-        print_log(
-            f"{type(self).__name__}: sparse=True: {len(masks)} conv/linear layers masked, weight density {density}",
-            logger="current",
-        )
-        return masks
+    _sparse_masks = staticmethod(masks_from_zero_weights)
+    _sparse_report = ("conv/linear layers", "weight")
 
 
 class ConvNeXt(RegistryBackbone):

@@ -1,14 +1,19 @@
-"""Training-time sparsity (plain PyTorch; no lightning here): per-small-kernel masks of the shift-wise
-operator (core) and SLaK's per-weight masks of every conv and linear layer (unstructured)."""
+"""Training-time sparsity (plain PyTorch; no lightning here): one schedule (base: DynamicSparsity) and two
+kinds of masks, per small kernel of the shift-wise operator (core) and SLaK's per weight of every conv and
+linear layer (unstructured); `fold_masks` for exported weights and `mask_summary` for the tools' reports."""
 
-from .core import KernelSparsity, SparsityError, masks_from_weights, shiftwise_layers, snip_scores
+from .base import DynamicSparsity, SparsityError, mask_summary
+from .core import KernelSparsity, fold_masks, masks_from_weights, shiftwise_layers, snip_scores
 from .unstructured import UnstructuredSparsity, apply_weight_masks, masks_from_zero_weights
 
 __all__ = [
+    "DynamicSparsity",
     "KernelSparsity",
     "SparsityError",
     "UnstructuredSparsity",
     "apply_weight_masks",
+    "fold_masks",
+    "mask_summary",
     "masks_from_weights",
     "masks_from_zero_weights",
     "shiftwise_layers",

@@ -2,18 +2,15 @@
 
 swtasks.sparse.core masks whole small kernels of the shift-wise operator; SLaK masks single weights of
 every layer with a 2-D or 4-D weight (stem, downsampling, the decomposed large kernels, the pointwise
-Linears, the classifier). What carries over from core, and what does not:
+Linears, the classifier). Both are kinds of swtasks.sparse.base's `DynamicSparsity` (schedule, counters,
+generator, rank-0 broadcast, random regrowth, optimiser-state reset, saved state); what differs:
 
-- reused: the optimiser-state reset of core (`reset_optimizer_state`: every state tensor shaped like the
-  parameter is zeroed where a weight left or re-entered the mask, for any torch.optim optimiser), its
-  rank-0 broadcast and its cosine prune-rate schedule (`KernelSparsity._broadcast_` and
-  `current_prune_rate`, borrowed as methods: they read only attributes this class has too), and its
-  design of masks as model buffers, so they are saved in and restored from ordinary checkpoints;
-- not reused: masking inside the forward. ShiftWiseConv2d multiplies its kernels by `kernel_mask` in its own
-  forward; plain nn.Conv2d / nn.Linear cannot without renaming their parameters (parametrisations), so the
-  masks are applied to the weights in place after every optimiser step, as the published code does.
-  Between two steps a masked weight gets a gradient (and optimiser moments); the step after is masked
-  again, and a weight that re-enters the mask starts from zero with zeroed optimiser state;
+- the mask is a buffer of the masked layer (`weight_mask`), so it is saved in and restored from ordinary
+  checkpoints, but plain nn.Conv2d / nn.Linear cannot apply it in their forward without renaming their
+  parameters (parametrisations): the masks are applied to the weights in place after every optimiser step,
+  as the published code does. Between two steps a masked weight gets a gradient (and optimiser moments);
+  the step after is masked again, and a weight that re-enters the mask starts from zero with zeroed
+  optimiser state;
 - no path alignment (there are no paths).
 
 Masks: a bool buffer `weight_mask` on each masked module (`stages.0.0.pwconv1.weight_mask`). A model that
@@ -41,7 +38,7 @@ Fine-tuning with a fixed pattern (detection, segmentation): `masks_from_zero_wei
 weights of a loaded sparse checkpoint; `apply_weight_masks(model)` re-applies them (call it after each
 optimiser step, or before each forward as the published dense-task backbone does).
 
-Imports torch and swtasks.sparse.core only (no models): the model floor may import this module.
+Imports torch and swtasks.sparse.base only (no models): the model floor may import this module.
 """
 
 from __future__ import annotations
@@ -53,14 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .core import (
-    KernelSparsity,
-    SparsityError,
-    _split_batch,
-    _unwrap_optimizers,
-    check_schedule,
-    reset_optimizer_state,
-)
+from .base import DynamicSparsity, SparsityError, loss_gradients
 
 __all__ = [
     "MASK_SUFFIX",
@@ -77,7 +67,6 @@ __all__ = [
 
 MASK_NAME = "weight_mask"
 MASK_SUFFIX = "." + MASK_NAME
-STATE_VERSION = 1
 _MASKABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -180,19 +169,7 @@ def weight_snip_scores(
     """|w * dL/dw| of every weight of `layers` on one batch ((inputs, targets) with loss_fn(model(x), y), or
     inputs alone with loss_fn(model(x))). `.grad` is not touched and the model's buffers (BatchNorm
     statistics, masks) are put back afterwards."""
-    inputs, targets = _split_batch(batch)
-    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
-    weights = [layer.weight for layer in layers.values()]
-    try:
-        with torch.enable_grad():
-            out = model(inputs)
-            loss = loss_fn(out) if targets is None else loss_fn(out, targets)
-            grads = torch.autograd.grad(loss, weights, allow_unused=True)
-    finally:
-        with torch.no_grad():
-            for n, b in model.named_buffers():
-                if n in saved and b.shape == saved[n].shape:
-                    b.copy_(saved[n])
+    grads = loss_gradients(model, batch, loss_fn, [layer.weight for layer in layers.values()])
     scores = {}
     for (name, layer), g in zip(layers.items(), grads):
         w = layer.weight.detach().float()
@@ -225,7 +202,7 @@ def erk_densities(shapes: Mapping[str, Iterable[int]], density: float, power: fl
 # ------------------------------------------------------------------------------------------------------
 
 
-class UnstructuredSparsity:
+class UnstructuredSparsity(DynamicSparsity):
     """Dynamic per-weight sparsity of a model's conv and linear layers (see the module docstring).
 
     ```python
@@ -237,81 +214,60 @@ class UnstructuredSparsity:
         sparsity.step(optimizer)
     ```
 
-    The constructor takes the same keywords as swtasks.sparse.KernelSparsity (`align_interval` must be
-    None: there are no paths to align) plus `init` ('snip', 'erk', 'uniform') and `include` (which layers;
-    default all). Layers that already carry masks (a sparse checkpoint was loaded) are adopted.
+    The keywords of swtasks.sparse.base.DynamicSparsity (`total_steps`, `final_prune_rate`, `dense_threshold`,
+    `seed`), SLaK's published defaults for the others (`align_interval` must be None: there are no paths to
+    align), plus `init` ('snip', 'erk', 'uniform') and `include` (which layers; default all). Layers that
+    already carry masks (a sparse checkpoint was loaded) are adopted.
     """
 
-    # core's schedule pieces; they read steps / total_steps / prune_rate / final_prune_rate and self.layers
-    current_prune_rate = KernelSparsity.current_prune_rate
-    _broadcast_ = KernelSparsity._broadcast_
-    _regrow = KernelSparsity._regrow
+    kind = "unstructured"
+    _layers_wanted = "conv or linear layer"
 
     def __init__(
         self,
         model: nn.Module,
         *,
         sparsity: float = 0.4,
-        total_steps: int | None = None,
         update_interval: int | None = 2000,
         prune_rate: float = 0.5,
-        final_prune_rate: float = 0.005,
         init: str = "snip",
         include: Iterable[str] | Callable[[str, nn.Module], bool] | None = None,
-        dense_threshold: float = 0.99,
         align_interval: int | None = None,
-        seed: int = 0,
+        **schedule,
     ):
-        check_schedule(sparsity, total_steps, update_interval, prune_rate, final_prune_rate, dense_threshold)
         if init not in ("snip", "erk", "uniform"):
             raise SparsityError(f"init must be 'snip', 'erk' or 'uniform', got {init!r}")
         if align_interval is not None:
             raise SparsityError("align_interval: unstructured sparsity has no paths to align; give None")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        self.model = model
-        self.layers = maskable_layers(model, include)
-        if not self.layers:
-            raise SparsityError("the model has no conv or linear layer to sparsify")
-        accept_weight_masks(model)
-        self.sparsity = float(sparsity)
-        self.total_steps = total_steps
-        self.update_interval = update_interval
-        self.prune_rate = float(prune_rate)
-        self.final_prune_rate = float(final_prune_rate)
         self.init = init
-        self.dense_threshold = float(dense_threshold)
-        self.seed = seed
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(seed)
-        self.steps = 0
-        self.updates = 0
-        self._initialized = any(m._buffers.get(MASK_NAME) is not None for m in self.layers.values())
+        self._include = include
+        super().__init__(model, sparsity=sparsity, update_interval=update_interval, prune_rate=prune_rate,
+                         align_interval=None, **schedule)
+        accept_weight_masks(self.model)
 
-    # ------------------------------------------------------------------ views
+    # ------------------------------------------------------------------ the layer-level pieces
 
-    @property
-    def masks(self) -> dict[str, torch.Tensor]:
-        """The current masks (the layers' own buffers), by layer name."""
-        return {n: m._buffers[MASK_NAME] for n, m in self.layers.items() if m._buffers.get(MASK_NAME) is not None}
+    def _find_layers(self, model):
+        return maskable_layers(model, self._include)
 
-    @property
-    def initialized(self) -> bool:
-        return self._initialized
+    def _mask(self, layer):
+        return layer._buffers.get(MASK_NAME)
 
-    def density(self) -> float:
-        """Share of active weights over all maskable layers (dense layers count fully)."""
-        total = sum(m.weight.numel() for m in self.layers.values())
-        inactive = sum(int((~mask).sum()) for mask in self.masks.values())
-        return (total - inactive) / total
+    def _set_mask(self, layer, mask):
+        set_weight_mask(layer, mask)
 
-    def layer_densities(self) -> dict[str, float]:
-        masks = self.masks
-        return {n: float(masks[n].float().mean()) if n in masks else 1.0 for n in self.layers}
+    def _mask_shape(self, layer):
+        return tuple(layer.weight.shape)
 
-    # ------------------------------------------------------------------ initialisation
+    def _mask_from_positions(self, layer, positions, n):
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[positions] = True
+        return mask.view(layer.weight.shape)
 
-    def _target_densities(self, batch, loss_fn) -> dict[str, float]:
+    def _config(self):
+        return {"init": self.init}
+
+    def _target_densities(self, batch, loss_fn):
         keep = 1.0 - self.sparsity
         if self.init == "uniform":
             return {n: keep for n in self.layers}
@@ -325,108 +281,13 @@ class UnstructuredSparsity:
         threshold = torch.topk(flat, n_keep, sorted=True).values[-1]
         return {n: float((s > threshold).float().mean()) for n, s in scores.items()}
 
-    def init_masks(self, batch=None, loss_fn: Callable | None = None, optimizer=None) -> dict[str, float]:
-        """Set the initial masks and apply them; returns every layer's density."""
-        densities = self._target_densities(batch, loss_fn)
-        shared = torch.tensor([densities[n] for n in self.layers], dtype=torch.float64)
-        self._broadcast_([shared])  # ranks that scored other batches take rank 0's densities
-        with torch.no_grad():
-            for layer, density in zip(self.layers.values(), shared.tolist()):
-                n = layer.weight.numel()
-                if density >= self.dense_threshold:
-                    set_weight_mask(layer, None)
-                    continue
-                count = min(n, max(1, round(density * n)))
-                mask = torch.zeros(n, dtype=torch.bool)
-                mask[torch.randperm(n, generator=self.generator)[:count]] = True
-                set_weight_mask(layer, mask.view(layer.weight.shape))
-            self._broadcast_(list(self.masks.values()))
-            opts = _unwrap_optimizers(optimizer)
-            for name, mask in self.masks.items():
-                weight = self.layers[name].weight
-                weight.mul_(mask)
-                reset_optimizer_state(opts, weight, mask)
-        self._initialized = True
-        return self.layer_densities()
-
-    # ------------------------------------------------------------------ training step
-
-    def step(self, optimizer=None) -> None:
-        """Call after every optimiser step (optimizer: the optimiser or a list of them, for state resets)."""
-        if not self._initialized:
-            raise RuntimeError("UnstructuredSparsity.step() before init_masks() (or load_state_dict())")
-        self.steps += 1
-        with torch.no_grad():
-            for name, mask in self.masks.items():
-                self.layers[name].weight.mul_(mask)
-            if self.update_interval is not None and self.steps % self.update_interval == 0:
-                self.prune_and_regrow(optimizer)
-
-    @torch.no_grad()
-    def prune_and_regrow(self, optimizer=None, rate: float | None = None) -> None:
-        """One magnitude-prune / random-regrow round on every masked layer; the active count is kept."""
-        opts = _unwrap_optimizers(optimizer)
-        rate = self.current_prune_rate() if rate is None else rate
-        names, new_masks, survivors = [], [], []
-        for name, mask in self.masks.items():
-            old = mask.detach().cpu().flatten()
-            magnitude = self.layers[name].weight.detach().abs().float().cpu().flatten()
-            n_remove = math.ceil(rate * int(old.sum()))
-            keep = old.clone()
-            if n_remove > 0:
-                score = torch.where(old, magnitude, torch.full_like(magnitude, math.inf))
-                keep[torch.argsort(score, stable=True)[:n_remove]] = False
-            new = self._regrow(keep, n_remove)
-            names.append(name)
-            new_masks.append(new.view(mask.shape))
-            survivors.append((old & new).view(mask.shape))
-        self._broadcast_(new_masks + survivors)
-        for name, new, survived in zip(names, new_masks, survivors):
-            layer = self.layers[name]
-            set_weight_mask(layer, new)
-            survived = survived.to(layer.weight.device)
-            layer.weight.mul_(survived)
-            reset_optimizer_state(opts, layer.weight, survived)
-        self.updates += 1
-
-    # ------------------------------------------------------------------ checkpointing
-
-    def state_dict(self) -> dict:
-        return {
-            "version": STATE_VERSION,
-            "kind": "unstructured",
-            "steps": self.steps,
-            "updates": self.updates,
-            "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
-            "generator": self.generator.get_state(),
-            "config": {
-                "sparsity": self.sparsity,
-                "total_steps": self.total_steps,
-                "update_interval": self.update_interval,
-                "prune_rate": self.prune_rate,
-                "final_prune_rate": self.final_prune_rate,
-                "init": self.init,
-                "dense_threshold": self.dense_threshold,
-                "seed": self.seed,
-            },
-        }
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore masks (into the layers, applied to the weights), counters and the generator; the schedule
-        settings stay those given to the constructor."""
-        masks = state["masks"]
-        unknown = sorted(set(masks) - set(self.layers))
-        bad = [f"{n}: {tuple(m.shape)} vs {tuple(self.layers[n].weight.shape)}" for n, m in masks.items()
-               if n in self.layers and tuple(m.shape) != tuple(self.layers[n].weight.shape)]
-        if unknown or bad:
-            raise SparsityError("sparsity state does not fit this model: " + "; ".join(
-                ([f"unknown layers {unknown}"] if unknown else []) + ([f"mis-shaped masks {bad}"] if bad else [])))
-        with torch.no_grad():
-            for name, layer in self.layers.items():
-                set_weight_mask(layer, masks.get(name))
-            apply_weight_masks(self.model)
-        self._initialized = True
-        self.steps = int(state["steps"])
-        self.updates = int(state.get("updates", 0))
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
+    def _prune_regrow_layer(self, layer, mask, rate, align):
+        """The ceil(rate * active) smallest-magnitude active weights go and as many come back at random among
+        the inactive ones (just-dropped ones included, as published); survivors: the weights active before
+        and after (a dropped weight drawn again keeps its value)."""
+        old = mask.detach().cpu().flatten()
+        magnitude = layer.weight.detach().abs().float().cpu().flatten()
+        n_remove = math.ceil(rate * int(old.sum()))
+        keep = self._drop_smallest(old, magnitude, n_remove) if n_remove > 0 else old.clone()
+        new = self._regrow(keep, n_remove)
+        return new.view(mask.shape), (old & new).view(mask.shape)
