@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from swtasks.cls import ClassificationModule, InputError
+from swtasks.cls.backbone_weights import export_backbone
 from swtasks.cls.cli import main
-from swtasks.cls.export import export_backbone
 from swtasks.cls.synthetic import SHAPES, write_image_folder, write_shapes_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from swtasks.cls import (
     SparseTraining,
     StepSchedule,
 )
-from swtasks.cls.export import export_backbone
+from swtasks.cls.backbone_weights import export_backbone
 from swtasks.cls.synthetic import write_image_folder
 
 TINY = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": [5, 3, 3, 3]}

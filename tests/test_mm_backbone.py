@@ -174,10 +174,10 @@ def test_classification_checkpoint_loads_through_init_cfg_with_prefix(tmp_path):
 
 
 def test_backbone_exported_by_swtasks_cls_loads_through_init_cfg(tmp_path):
-    """The files written by tools/export_backbone.py (swtasks.cls.export): raw, EMA and re-parameterised
+    """The files written by tools/export_backbone.py (swtasks.cls.backbone_weights): raw, EMA and re-parameterised
     exports load with prefix='backbone.' (the last into a deploy=True backbone), computing the maps of the
     backbone loaded from the Lightning checkpoint itself."""
-    from swtasks.cls.export import export_backbone
+    from swtasks.cls.backbone_weights import export_backbone
 
     cls, ema = _cls_model(seed=3), _cls_model(seed=4)
     ckpt = _lightning_ckpt(cls, tmp_path / "last.ckpt", ema=ema)

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from swtasks.cliutil import run_tool
+    from swtasks.cls.backbone_weights import export_backbone
     from swtasks.cls.errors import InputError
-    from swtasks.cls.export import export_backbone
 
     def export(_) -> None:
         meta = export_backbone(

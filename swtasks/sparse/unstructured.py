@@ -1,6 +1,6 @@
 """Unstructured (per-weight) dynamic sparsity, SLaK's: one mask bit per weight of every conv and linear layer.
 
-swtasks.sparse.core masks whole small kernels of the shift-wise operator; SLaK masks single weights of
+swtasks.sparse.kernel masks whole small kernels of the shift-wise operator; SLaK masks single weights of
 every layer with a 2-D or 4-D weight (stem, downsampling, the decomposed large kernels, the pointwise
 Linears, the classifier). Both are kinds of swtasks.sparse.base's `DynamicSparsity` (schedule, counters,
 generator, rank-0 broadcast, random regrowth, optimiser-state reset, saved state); what differs:
