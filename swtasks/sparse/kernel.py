@@ -1,4 +1,4 @@
-"""Per-small-kernel dynamic sparsity for ShiftWiseConv2d (operator spec, section 7).
+"""Per-small-kernel dynamic sparsity for ShiftWiseConv2d (docs/models.md, "Sparse training").
 
 One mask bit per k x k small kernel of every path: a layer's mask has shape (n_path, R*nk) and lives in
 the layer's `kernel_mask` buffer (so it is saved in, and restored from, ordinary model checkpoints; the
