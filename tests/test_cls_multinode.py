@@ -60,10 +60,11 @@ def start_nodes(root: Path, folder, port: int, attempt: str, *extra: str) -> lis
     """Start the two "nodes" of a run (output in ROOT/<attempt>-node<r>.log)."""
     procs = []
     for node in (0, 1):
-        env = tool_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node), WORLD_SIZE="2")
-        log = open(root.parent / f"{root.name}-{attempt}-node{node}.log", "w")  # noqa: SIM115 (closed by the OS)
+        env = tool_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node), WORLD_SIZE="2",
+                       OMP_NUM_THREADS="1")  # fmt: skip
         cmd = [sys.executable, TRAIN_CLS, "fit", *small(folder, root, *NODE_ARGS, *extra)]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+        with open(root.parent / f"{root.name}-{attempt}-node{node}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 

@@ -5,7 +5,7 @@
 ADE20K fixtures: gloo is chosen and printed, the two ranks hold the same weights after training (each rank saves
 the state dict it trained through a test hook, tests/mm_rank_dump.py; compared with each other and with the one
 checkpoint rank 0 wrote), SyncBN runs as all-reduce BatchNorm (the same running statistics on both ranks) and
---resume continues at the saved iteration. --amp runs the smoke configs under bfloat16 autocast."""
+--resume continues at the saved iteration (detection). --amp runs the smoke configs under bfloat16 autocast."""
 
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def test_detection_two_processes_on_cpu_same_weights_one_checkpoint_syncbn_and_r
     assert saved["meta"]["iter"] == 2 and differing(saved["state_dict"], r0) == []
 
     out = torchrun("train_det.py", config, work, data, "sync_bn=torch", "train_cfg.max_iters=3", "--resume")
-    assert "resumed" in out.lower() and "Iter(train) [3/3]" in out and "Iter(train) [1/3]" not in out, out[-3000:]
+    assert f"Auto resumed from the latest checkpoint {osp.join(work, 'iter_2.pth')}" in out, out[-3000:]
+    assert "Iter(train) [3/3]" in out and "Iter(train) [1/3]" not in out, out[-3000:]
     r0, r1 = rank_states(work)
     assert differing(r0, r1) == []
     resumed = checkpoint(osp.join(work, "iter_3.pth"))
@@ -99,11 +100,12 @@ def test_detection_two_processes_on_cpu_same_weights_one_checkpoint_syncbn_and_r
     assert differing(resumed["state_dict"], saved["state_dict"])  # it trained on
 
 
-def test_segmentation_two_processes_on_cpu_same_weights_and_resume(tmp_path):
+def test_segmentation_two_processes_on_cpu_same_weights_one_checkpoint(tmp_path):
     """UperNet, 2 processes: the heads' SyncBN (MMSegmentation's norm_cfg) runs as all-reduce BatchNorm, so
     their statistics are the same on both ranks; the backbone's plain BatchNorm keeps per-process statistics
     (as on GPUs with sync_bn None: rank 0's are saved), which shows that each rank saw its own images. Every
-    parameter is the same on both ranks."""
+    parameter is the same on both ranks. (--resume under torchrun is the detection test's: both tools resume
+    through the same swtasks.mm.cli and mmengine code; a second 2-process launch here would cost ~25 CPU-s.)"""
     from swtasks.mm.testing import make_tiny_ade20k
 
     data = make_tiny_ade20k(str(tmp_path / "ade"))
@@ -117,11 +119,7 @@ def test_segmentation_two_processes_on_cpu_same_weights_and_resume(tmp_path):
     assert not [k for k in diff if k.startswith(("decode_head.", "auxiliary_head."))]
     assert sorted(n for n in os.listdir(work) if n.endswith(".pth")) == ["iter_2.pth", "rank0_state.pth", "rank1_state.pth"]
     saved = checkpoint(osp.join(work, "iter_2.pth"))
-    assert differing(saved["state_dict"], r0) == []
-
-    out = torchrun("train_seg.py", config, work, data, "train_cfg.max_iters=3", "--resume")
-    assert "Iter(train) [3/3]" in out and "Iter(train) [1/3]" not in out, out[-3000:]
-    assert checkpoint(osp.join(work, "iter_3.pth"))["meta"]["iter"] == 3
+    assert saved["meta"]["iter"] == 2 and differing(saved["state_dict"], r0) == []
 
 
 @pytest.mark.parametrize("task, base", [("det", DET), ("seg", SEG)])
