@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import AnalysisError
+from .profile import profile_breakdown, quiet_fd2
 from .progress import Progress
 from .select import FOREIGN_PREFIXES, resolve_models
 
@@ -169,23 +170,6 @@ def _params_m(model: nn.Module) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ memory
-@contextlib.contextmanager
-def _quiet_fd2():
-    """The profiler's C++ side prints start/stop lines on file descriptor 2: hide them."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def peak_memory_mib(call: Callable[[], Any], device: torch.device, resident_bytes: int = 0) -> float | None:
     """Peak memory (MiB) of PyTorch tensors during `call()`. CUDA: max_memory_allocated (everything on the
     device). CPU: `resident_bytes` (what lives before the call: weights, optimiser state, input) plus the
@@ -200,7 +184,7 @@ def peak_memory_mib(call: Callable[[], Any], device: torch.device, resident_byte
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             call()
         events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                         if e.name() == "[memory]")
@@ -429,8 +413,6 @@ def run_benchmark(
 
     breakdowns = {}
     if profile:
-        from .profile import profile_breakdown
-
         todo = [c for c in measured if c.label[2] != "latency"]
         with Progress(len(todo), "profiling", disable=not show_progress) as bar:
             for c in todo:

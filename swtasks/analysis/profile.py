@@ -20,11 +20,13 @@ adds some overhead per operator; the shares, not the absolute numbers, are the p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CATEGORIES", "Breakdown", "categorize", "format_breakdowns", "profile_breakdown"]
+__all__ = ["CATEGORIES", "Breakdown", "categorize", "format_breakdowns", "profile_breakdown", "quiet_fd2"]
 
 CATEGORIES = (
     "matrix products",
@@ -37,6 +39,24 @@ CATEGORIES = (
 _MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
 _NORM_WORDS = ("batch_norm", "layer_norm", "group_norm", "vector_norm", "linalg_norm", "aten::norm")
 _WRAPPERS = ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::linear", "aten::matmul")
+
+
+@contextlib.contextmanager
+def quiet_fd2() -> Iterator[None]:
+    """The profiler's C++ side prints start/stop lines on file descriptor 2: hide them (every profiled call
+    here and in swtasks.analysis.benchmark's peak-memory measurement)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _conv_weight(name: str, shapes: Sequence) -> list[int] | None:
@@ -83,11 +103,9 @@ def profile_breakdown(call: Callable[[], Any], label: str = "", warmup: int = 1)
     """Run `call` (warm-up calls first), profile one more call, and group the operators' self CPU times."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .benchmark import _quiet_fd2
-
     for _ in range(warmup):
         call()
-    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    with quiet_fd2(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         call()
     events = list(prof.events())
     opt_spans = [(e.time_range.start, e.time_range.end) for e in events if e.name.startswith("Optimizer.step")]
