@@ -1,7 +1,8 @@
 """Helpers shared by the classification tests that run tools/train_cls.py as separate processes (crash and
 resume, two processes on one machine, several simulated nodes, SLURM): the tiny network, the command line of a
 small run, the environment of a tool process, and the oracle that a distributed run of a given global batch is
-one process of that batch (test_cls_reliability.py, test_cls_multinode.py). Nothing here imports swtasks."""
+one process of that batch (test_cls_reliability.py, test_cls_multinode.py), the crash-and-resume recipe and the
+comparison of two runs' checkpoints (test_cls_reliability.py, test_cls_shards.py). Nothing here imports swtasks."""
 
 from __future__ import annotations
 
@@ -94,3 +95,48 @@ def free_port(lo: int = 20000, hi: int = 60000) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in [{lo}, {hi})")
+
+
+# 24 images, batch 4: 6 optimiser steps per epoch, 2 epochs. Everything with state or randomness is on:
+# EMA, sparse training (masks + prune/regrow schedule), MixUp/CutMix, RandAugment, random erasing, drop path,
+# a data-loader worker process; last.ckpt every 4 steps.
+RECIPE = {
+    "seed_everything": 0,
+    "trainer": {
+        "accelerator": "cpu", "devices": 1, "max_epochs": 2, "enable_progress_bar": False,
+        "enable_model_summary": False, "logger": False, "num_sanity_val_steps": 0,
+        "callbacks": [{"class_path": "swtasks.cls.SparseTraining",
+                       "init_args": {"sparsity": 0.5, "update_interval": 2, "align_interval": 3}}],
+    },
+    "model": {
+        "backbone": "shiftwise_atto", "num_classes": 3, "backbone_kwargs": TINY, "drop_path_rate": 0.1,
+        "lr": 4e-3, "ema_decay": 0.9, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+    },
+    "data": {
+        "image_size": 32, "batch_size": 4, "num_workers": 1, "auto_augment": "rand-m9-mstd0.5-inc1",
+        "random_erasing": 0.25,
+    },
+    "checkpoint": {"save_last_every_n_steps": 4},
+}  # fmt: skip
+
+
+def state_of(path: Path) -> dict:
+    ck = torch.load(path, weights_only=True)
+    sparse = next(v for k, v in ck["callbacks"].items() if k.startswith("SparseTraining"))
+    return {"global_step": ck["global_step"], "state_dict": ck["state_dict"], "optimizer": ck["optimizer_states"],
+            "scheduler": ck["lr_schedulers"], "sparse": sparse}  # fmt: skip
+
+
+def assert_same(a, b, where="") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where

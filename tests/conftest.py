@@ -4,6 +4,7 @@
   be set before any module that defines @triton.jit kernels is imported: this file is imported first.
 - OMP_WAIT_POLICY=PASSIVE (see below).
 - `gpu` tests are skipped without CUDA; `slow` tests run unless `-m "not slow"` is given.
+- Shared fixtures (`folder`, `seed`) live here; shared functions in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny image folder (3 classes, 6 training and 3 validation images each, 32 px) for the CLI tests."""
+    from swtasks.cls.synthetic import write_image_folder
+
+    root = tmp_path_factory.mktemp("cli") / "data"
+    return write_image_folder(str(root), num_classes=3, train_per_class=6, val_per_class=3, image_size=32)
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from test_models import randomize
+from helpers import randomize, tool
 
 from swtasks.analysis import erf
 from swtasks.layers import ShiftWiseConv2d
@@ -21,13 +20,6 @@ from swtasks.models.shiftwise_cpu import block_forward_nchw
 from swtasks.models.shiftwise_net import ShiftWiseBlock
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _positive_batches(n: int, size: int, channels: int, seed: int = 0):
@@ -87,7 +79,7 @@ def test_erf_tool_writes_csv_and_figures(tmp_path):
     from torchvision.io import decode_png, read_file
 
     out = tmp_path / "erf"
-    rc = _tool("erf").main(["shiftwise_atto", "shiftwise_femto", "--out", str(out), "--images", "2",
+    rc = tool("erf").main(["shiftwise_atto", "shiftwise_femto", "--out", str(out), "--images", "2",
                             "--image-size", "64", "--set", "depths=(1,1,1,1)", "--no-progress", "--threads", "2"])
     assert rc == 0
     with open(out / "erf.csv") as f:
@@ -131,8 +123,7 @@ def test_erf_with_checkpoint_and_embedded_data(tmp_path):
 def test_erf_tool_errors(tmp_path, capsys):
     from swtasks.cliutil import run_tool
 
-    tool = _tool("erf")
-    rc = run_tool(tool.main, ["shiftwise_atto", "--out", str(tmp_path), "--data", str(tmp_path / "nope")],
+    rc = run_tool(tool("erf").main, ["shiftwise_atto", "--out", str(tmp_path), "--data", str(tmp_path / "nope")],
                   prog="erf.py")  # as tools/erf.py runs it: run_tool catches swtasks.errors.UserError only
     assert rc == 2 and "neither 'noise'" in capsys.readouterr().err
     empty = tmp_path / "empty"
@@ -157,7 +148,7 @@ def test_analysis_tools_name_user_errors_in_one_line_and_let_bugs_through(tmp_pa
          "baseline 'convnext_t' is not among the measured models"),
     ]  # fmt: skip
     for name, argv, message in cases:
-        assert run_tool(_tool(name).main, argv, prog=f"{name}.py") == 2, name
+        assert run_tool(tool(name).main, argv, prog=f"{name}.py") == 2, name
         err = capsys.readouterr().err
         assert err.startswith(f"{name}.py: error: ") and message in err and len(err.strip().splitlines()) == 1, err
 
@@ -166,7 +157,7 @@ def test_analysis_tools_name_user_errors_in_one_line_and_let_bugs_through(tmp_pa
 
     monkeypatch.setattr(complexity, "count_params", bug)
     with pytest.raises(ValueError, match="a bug"):
-        run_tool(_tool("complexity").main, ["shiftwise_atto", "--input-size", "32"], prog="complexity.py")
+        run_tool(tool("complexity").main, ["shiftwise_atto", "--input-size", "32"], prog="complexity.py")
 
 
 def test_folder_images_are_resized_and_normalised(tmp_path):
@@ -189,7 +180,7 @@ def test_folder_images_are_resized_and_normalised(tmp_path):
 # ------------------------------------------------------------------------------------------------ benchmark
 def test_benchmark_tool_two_models(tmp_path):
     csv_path, md_path = tmp_path / "b.csv", tmp_path / "b.md"
-    rc = _tool("benchmark").main([
+    rc = tool("benchmark").main([
         "shiftwise_atto", "shiftwise_femto", "--set", "depths=(1,1,1,1)", "--image-size", "32", "--batch-size", "2",
         "--repeats", "2", "--warmup", "1", "--threads", "2", "--csv", str(csv_path), "--markdown", str(md_path),
         "--title", "test run", "--no-progress",
@@ -273,7 +264,7 @@ def test_profile_breakdown_categories():
 
 # ------------------------------------------------------------------------------------------------ thin tools
 def test_compare_receptive_field_tool_runs(capsys):
-    rc = _tool("compare_receptive_field").main([
+    rc = tool("compare_receptive_field").main([
         "--depths", "1", "1", "1", "1", "--dims", "8", "16", "32", "64", "--kernel-sizes", "7", "5", "3", "3",
         "--image-size", "32", "--train-size", "32", "--val-size", "16", "--batch-size", "16", "--epochs", "1",
         "--seeds", "0", "--threads", "2", "--markdown",
@@ -414,7 +405,7 @@ def test_erf_tool_on_torchvision_converted_and_mm_models_and_a_layer(tmp_path):
     pytest.importorskip("torchvision")
     common = ["--images", "2", "--image-size", "64", "--no-progress", "--threads", "2"]
     out = tmp_path / "tv"
-    assert _tool("erf").main(["torchvision:mobilenet_v2", "torchvision:mobilenet_v2+sw31", "--out", str(out),
+    assert tool("erf").main(["torchvision:mobilenet_v2", "torchvision:mobilenet_v2+sw31", "--out", str(out),
                               "--set", "shiftwise_init=fresh", *common]) == 0
     with open(out / "erf.csv") as f:
         rows = list(csv.DictReader(f))
@@ -423,7 +414,7 @@ def test_erf_tool_on_torchvision_converted_and_mm_models_and_a_layer(tmp_path):
     assert (out / "erf_torchvision_mobilenet_v2+sw31.png").is_file() and (out / "erf.png").is_file()
 
     out = tmp_path / "layer"  # a registry model at a named module, rectangular input
-    assert _tool("erf").main(["shiftwise_atto", "--out", str(out), "--layer", "stages.1", "--set", "depths=(1,1,1,1)",
+    assert tool("erf").main(["shiftwise_atto", "--out", str(out), "--layer", "stages.1", "--set", "depths=(1,1,1,1)",
                               *common[:2], "--image-size", "48x64", *common[4:]]) == 0
     with open(out / "erf.csv") as f:
         row = next(csv.DictReader(f))
@@ -435,7 +426,7 @@ def test_erf_tool_on_torchvision_converted_and_mm_models_and_a_layer(tmp_path):
     for extra, layer in (([], "neck"), (["--layer", "neck.fpn_convs.0"], "neck.fpn_convs.0"),
                          (["--mm-part", "backbone"], "backbone")):
         out = tmp_path / layer
-        assert _tool("erf").main([config, "--out", str(out), *extra, *common]) == 0
+        assert tool("erf").main([config, "--out", str(out), *extra, *common]) == 0
         with open(out / "erf.csv") as f:
             row = next(csv.DictReader(f))
         assert row["model"] == "mask-rcnn_shiftwise-atto_fpn_2iter_tiny-coco" and row["layer"] == layer

@@ -9,6 +9,7 @@ import pickle
 import pytest
 import torch
 import torch.nn as nn
+from helpers import randomize
 
 import swtasks
 from swtasks.checkpoint import (
@@ -30,20 +31,6 @@ SMALL = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), kernel_sizes=(5, 3, 3, 3
 def _model(**kw):
     torch.manual_seed(0)
     return swtasks.create_model("shiftwise_atto", **{"num_classes": 5, **SMALL, **kw})
-
-
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3 + 1)
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3 + 1)
-    return model
 
 
 class _NotData:
@@ -233,11 +220,11 @@ def test_param_groups_inside_a_larger_module_and_a_family_rule():
 
 # ---------------------------------------------------------------------------------------------- deploy
 def test_reparameterize_verified_and_to_file(tmp_path):
-    m = _randomize_bn(_model())
+    m = randomize(_model())
     report = reparameterize_verified(m)
     assert report["relative_error"] < 1e-5 and report["params_after"] < report["params_before"]
     # a fold that changes the function is caught
-    m2 = _randomize_bn(_model())
+    m2 = randomize(_model())
 
     def bad_fold():
         m2.reparameterize()
@@ -247,7 +234,7 @@ def test_reparameterize_verified_and_to_file(tmp_path):
     with pytest.raises(ReparameterizationError, match="relative error"):
         reparameterize_verified(m2, fold=bad_fold)
     src = tmp_path / "train.pth"
-    save_weights(src, _randomize_bn(_model()).state_dict(), {"num_classes": 5})
+    save_weights(src, randomize(_model()).state_dict(), {"num_classes": 5})
     meta = reparameterize_file(src, tmp_path / "deploy.pth", model="shiftwise_atto", overrides=SMALL)
     assert meta["deploy"] and meta["verified_relative_error"] < 1e-5
     swtasks.create_model("shiftwise_atto", num_classes=5, deploy=True, **SMALL, checkpoint_path=tmp_path / "deploy.pth")

@@ -7,22 +7,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, run_cli
 
-from swtasks.cls.cli import main
-from swtasks.cls.synthetic import write_image_folder
-
-REPO = Path(__file__).resolve().parents[1]
 TINY = json.dumps({"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": [5, 3, 3, 3]})
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli") / "data"
-    return write_image_folder(str(root), num_classes=3, train_per_class=6, val_per_class=3, image_size=32)
 
 
 def common(folder, root, *extra):
@@ -32,11 +22,6 @@ def common(folder, root, *extra):
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(root), *extra,
     ]  # fmt: skip
-
-
-def run_cli(args, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
-    main(args)
 
 
 def test_demo_config_few_steps(tmp_path, monkeypatch, capsys):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import yaml
-from test_cls_cli import REPO, folder, run_cli  # noqa: F401  (folder: the image-folder fixture)
+from helpers import REPO, run_cli
 
 RECIPES = {
     "unireplknet_t_in1k.yaml": dict(
@@ -25,7 +25,7 @@ RECIPES = {
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_published_recipe_values_and_one_step(recipe, folder, tmp_path, monkeypatch, capsys, caplog):  # noqa: F811
+def test_published_recipe_values_and_one_step(recipe, folder, tmp_path, monkeypatch, capsys, caplog):
     want = RECIPES[recipe]
     path = str(REPO / "configs/cls" / recipe)
     with pytest.raises(SystemExit) as e:

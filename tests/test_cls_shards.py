@@ -12,8 +12,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import test_cls_reliability as rel
 import torch
+from cls_helpers import RECIPE, assert_same, state_of
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
@@ -126,9 +126,9 @@ def test_crash_mid_epoch_on_shards_resumes_to_the_uninterrupted_folder_run(tmp_p
     folder = tmp_path / "folder"  # the reliability recipe's data: 3 classes x 8 images, 32 px
     write_image_folder(str(folder), num_classes=3, train_per_class=8, val_per_class=2, image_size=32)
     assert make_shards.main([str(folder), str(tmp_path / "shards")]) == 0
-    recipe = json.loads(json.dumps(rel.RECIPE))
+    recipe = json.loads(json.dumps(RECIPE))
     fit({**recipe, "data": {**recipe["data"], "root": str(folder)}}, tmp_path / "full", monkeypatch)
-    uninterrupted = rel.state_of(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    uninterrupted = state_of(tmp_path / "full" / "checkpoints" / "last.ckpt")
 
     shards = {**recipe, "data": {**recipe["data"], "root": str(tmp_path / "shards"), "format": "webdataset"}}
     crashing = json.loads(json.dumps(shards))
@@ -140,9 +140,9 @@ def test_crash_mid_epoch_on_shards_resumes_to_the_uninterrupted_folder_run(tmp_p
     assert crashed["ImageClassificationDataModule"]["train_position"] == {"epoch": 1, "batches": 2}
     torch.manual_seed(123)  # another process state: the checkpoint must bring everything back
     fit(shards, tmp_path / "run", monkeypatch, "--ckpt_path", "last")
-    resumed = rel.state_of(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    resumed = state_of(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == 12
-    rel.assert_same(uninterrupted, resumed)
+    assert_same(uninterrupted, resumed)
 
 
 def damaged(shards: Path, tmp_path: Path, how: str) -> tuple[Path, str]:

@@ -1,228 +1,38 @@
 """Reading the reference implementation's checkpoints: the shift-wise family's checkpoint adapter
 (swtasks.models.shiftwise_official) behind every loader, and tools/convert_checkpoint.py.
 
-The oracle is a minimal re-statement of the reference network's forward (spec: shiftwise-network.md,
-shiftwise-operator.md section 4) with the reference's state-dict layout and its operator output order
-[rep channels..., ghost channels...], built on the literal operator path `shiftwise_reference`. It shares
-no module with the model under test except that literal path; its index tables are drawn here the way
-the reference draws them (global numpy / torch generators seeded with 123).
+The oracle is the shift-wise reference network of tests/helpers.py (``RefNet``): a minimal re-statement of
+the reference network's forward with the reference's state-dict layout, sharing no module with the model under
+test except the literal operator path.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from helpers import (
+    N_CLASSES,
+    SMALL,
+    build_reference,
+    convert_shiftwise_official,
+    images,
+    random_reference,
+    tool,
+)
 
 import swtasks
 from swtasks.checkpoint import CheckpointError, CheckpointMismatchError, load_into
 from swtasks.convert import convert_checkpoint_file
 from swtasks.models.shiftwise_official import reference_tables
-from swtasks.ops.shiftwise import shiftwise_reference
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# a small configuration: atto's kernels (13/11/9/7: centred and off-centre strips), narrow stages
-SMALL = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40), kernel_sizes=(13, 11, 9, 7))
-N_CLASSES = 7
-
-
-# ------------------------------------------------------------------------------------------ the oracle
-
-
-class RefLayerNormCF(nn.Module):
-    def __init__(self, c, eps=1e-6):
-        super().__init__()
-        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c)), eps
-
-    def forward(self, x):
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        return self.weight[:, None, None] * ((x - u) / torch.sqrt(s + self.eps)) + self.bias[:, None, None]
-
-
-class RefOperator(nn.Module):
-    """Reference operator: LoRAs.{p} (or merged LoRA) small convs, bn_lora1/bn_lora2/bn_small, output
-    cat([z, x_ghost]) in the order [rep sorted..., ghost sorted...]."""
-
-    def __init__(self, C, K, k=3, ghost_ratio=0.23, n_path=2, n_rep=4):
-        super().__init__()
-        R = int(C * (1 - ghost_ratio)) // 2 * 2
-        nk = math.ceil(K / k)
-        self.K = K
-        np.random.seed(123)  # the reference seeds the global generators in its constructor
-        ghost = sorted(np.random.choice(C, C - R, replace=False).tolist())
-        self.rep = torch.tensor(sorted(set(range(C)) - set(ghost)))
-        self.ghost = torch.tensor(ghost, dtype=torch.long)
-        torch.manual_seed(123)
-        perm_h = [torch.cat([torch.randperm(nk) + c * nk for c in range(R)]) for _ in range(n_rep)]
-        perm_v = [torch.cat([torch.randperm(nk) + c * nk for c in range(R)]) for _ in range(n_rep)]
-        self.ident = torch.stack([torch.randint(0, nk, [R]) + torch.arange(R) * nk for _ in range(n_rep)])
-        self.slot_h = torch.stack([torch.argsort(p) % nk for p in perm_h])
-        self.slot_v = torch.stack([torch.argsort(p) % nk for p in perm_v])
-        self.LoRA = None
-        self.LoRAs = nn.ModuleList(
-            nn.Conv2d(R, R * nk, k, padding=k - 1, groups=R, bias=False) for _ in range(n_path)
-        )
-        self.bn_lora1, self.bn_lora2, self.bn_small = nn.BatchNorm2d(R), nn.BatchNorm2d(R), nn.BatchNorm2d(R)
-
-    def merge_branches(self):
-        merged = nn.Conv2d(
-            self.LoRAs[0].in_channels,
-            self.LoRAs[0].out_channels,
-            self.LoRAs[0].kernel_size,
-            padding=self.LoRAs[0].padding,
-            groups=self.LoRAs[0].groups,
-            bias=False,
-        )
-        merged.weight.data = sum(c.weight.data for c in self.LoRAs)
-        self.LoRA = merged.to(self.LoRAs[0].weight.dtype)
-        del self.LoRAs
-
-    def forward(self, x):
-        x_r, x_g = x[:, self.rep], x[:, self.ghost]
-        convs = [self.LoRA] if self.LoRA is not None else list(self.LoRAs)
-        w = torch.stack([c.weight[:, 0] for c in convs])
-        o_h, o_v, o_s = shiftwise_reference(x_r, w, self.slot_h, self.slot_v, self.ident, big_kernel=self.K)
-        z = self.bn_lora1(o_h) + self.bn_lora2(o_v) + self.bn_small(o_s) + x_r
-        return torch.cat([z, x_g], dim=1)
-
-
-class RefSE(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.down, self.up = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
-
-    def forward(self, x):
-        return x * torch.sigmoid(self.up(F.relu(self.down(F.adaptive_avg_pool2d(x, 1)))))
-
-
-class RefGRN(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.gamma, self.beta = nn.Parameter(torch.zeros(1, 1, 1, c)), nn.Parameter(torch.zeros(1, 1, 1, c))
-
-    def forward(self, x):
-        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
-        return (self.gamma * gx / (gx.mean(dim=-1, keepdim=True) + 1e-6) + 1) * x + self.beta
-
-
-class Perm(nn.Module):
-    def __init__(self, *dims):
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x):
-        return x.permute(*self.dims)
-
-
-class RefBlock(nn.Module):
-    def __init__(self, dim, K):
-        super().__init__()
-        self.large_kernel = RefOperator(dim, K)
-        self.norm = nn.BatchNorm2d(dim)
-        self.se = RefSE(dim)
-        self.pwconv1 = nn.Sequential(Perm(0, 2, 3, 1), nn.Linear(dim, 4 * dim))
-        self.act = nn.Sequential(nn.GELU(), RefGRN(4 * dim))
-        self.pwconv2 = nn.Sequential(
-            nn.Linear(4 * dim, dim, bias=False), Perm(0, 3, 1, 2), nn.BatchNorm2d(dim)
-        )
-        self.gamma = nn.Parameter(1e-6 * torch.ones(dim))
-
-    def forward(self, x):
-        y = self.se(self.norm(self.large_kernel(x)))
-        y = self.pwconv2(self.act(self.pwconv1(y)))
-        return x + self.gamma.view(1, -1, 1, 1) * y  # residual in the ORIGINAL channel order
-
-
-class RefNet(nn.Module):
-    def __init__(self, depths, dims, kernel_sizes, num_classes):
-        super().__init__()
-        self.downsample_layers = nn.ModuleList(
-            [
-                nn.Sequential(
-                    nn.Conv2d(3, dims[0] // 2, 3, 2, 1),
-                    RefLayerNormCF(dims[0] // 2),
-                    nn.GELU(),
-                    nn.Conv2d(dims[0] // 2, dims[0], 3, 2, 1),
-                    RefLayerNormCF(dims[0]),
-                )
-            ]
-        )
-        for i in range(3):
-            self.downsample_layers.append(
-                nn.Sequential(nn.Conv2d(dims[i], dims[i + 1], 3, 2, 1), RefLayerNormCF(dims[i + 1]))
-            )
-        self.stages = nn.ModuleList(
-            nn.Sequential(*[RefBlock(dims[i], kernel_sizes[i]) for _ in range(depths[i])]) for i in range(4)
-        )
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward(self, x):
-        for i in range(4):
-            x = self.stages[i](self.downsample_layers[i](x))
-        return self.head(self.norm(x.mean([-2, -1])))
-
-
-def build_reference(**cfg):
-    """RefNet(**cfg); the global RNG states its operators reseed are put back afterwards."""
-    np_state = np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            return RefNet(**cfg)
-    finally:
-        np.random.set_state(np_state)
-
-
-def random_reference(seed=0, merged=False, **cfg):
-    """An eval-mode reference network with every parameter and BN statistic random (layer scales ~1, so
-    a wrong permutation anywhere shows in the logits), in float64."""
-    cfg = {**SMALL, "num_classes": N_CLASSES, **cfg}
-    net = build_reference(**cfg).double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.5 if p.dim() == 1 else 0.2))
-            if name.endswith("gamma") and p.dim() == 1:
-                p.add_(1.0)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(
-                    torch.randn(m.running_mean.shape, generator=g, dtype=torch.float64) * 0.3
-                )
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=torch.float64) + 0.5)
-                m.num_batches_tracked.fill_(17)
-    if merged:
-        for m in net.modules():
-            if isinstance(m, RefOperator):
-                m.merge_branches()
-    return net.eval()
 
 
 def our_model(sd, **cfg):
     model = swtasks.create_model("shiftwise_atto", num_classes=N_CLASSES, **{**SMALL, **cfg}).double().eval()
     model.load_state_dict(sd)
     return model
-
-
-def images(n=2, size=64, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def convert_shiftwise_official(checkpoint, arch="atto", num_classes=N_CLASSES, **overrides):
-    """What every loader does with a reference file: load_into a fresh model (the adapter converts)."""
-    model = swtasks.create_model(f"shiftwise_{arch}", num_classes=num_classes, **overrides).double()
-    report = load_into(model, checkpoint)
-    assert report.converted
-    return model.state_dict()
 
 
 # ------------------------------------------------------------------------------------------ equivalence
@@ -347,15 +157,6 @@ def test_wrong_arch_is_refused_with_a_hint():
 # ------------------------------------------------------------------------------------------ files and CLI
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", ROOT / "tools" / "convert_checkpoint.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_command_line_writes_a_checkpoint_that_create_model_loads(tmp_path, capsys):
     ref = random_reference(merged=True)
     src_path = tmp_path / "ref.pth"
@@ -372,7 +173,7 @@ def test_command_line_writes_a_checkpoint_that_create_model_loads(tmp_path, caps
     out = tmp_path / "sub" / "converted.pth"
     argv = ["--source", "shiftwise-official", str(src_path), str(out), "--arch", "atto"]
     argv += [f"--set={k}={v!r}" for k, v in SMALL.items()]
-    assert _tool().main(argv) == 0
+    assert tool("convert_checkpoint").main(argv) == 0
     assert f"shiftwise_atto, num_classes={N_CLASSES}" in capsys.readouterr().out
     assert [p.name for p in out.parent.iterdir()] == ["converted.pth"], "no temporary file left behind"
     meta = torch.load(out, weights_only=True)["meta"]
@@ -442,7 +243,7 @@ class _Unsafe:
 
 
 def _tool_run(argv):
-    return _tool().main(argv)
+    return tool("convert_checkpoint").main(argv)
 
 
 def test_unreadable_files_are_named(tmp_path):

@@ -6,19 +6,16 @@ its key names and its hand-written channels-first LayerNorm; it shares no code w
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import tool
 
 import swtasks
 from swtasks.checkpoint import CheckpointMismatchError, load_into
 from swtasks.models import param_groups as pg
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(depths=(1, 1, 4, 1), dims=(16, 24, 32, 40))
 
 
@@ -72,20 +69,13 @@ def _random_reference(num_classes=7, **arch):
     return ref
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", ROOT / "tools" / "convert_checkpoint.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_published_checkpoint_converts_to_the_same_logits(tmp_path, capsys):
     ref = _random_reference()
     src, out = tmp_path / "convnext_tiny_1k_224_ema.pth", tmp_path / "ours.pth"
     torch.save({"model": ref.state_dict()}, src)  # the published files hold only 'model'
     argv = ["--source", "convnext-official", str(src), str(out), "--model", "convnext_t"]
     argv += [f"--set={k}={v!r}" for k, v in SMALL.items()]
-    assert _tool().main(argv) == 0
+    assert tool("convert_checkpoint").main(argv) == 0
     assert "convnext_t, num_classes=7" in capsys.readouterr().out
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     for path in (out, src):  # the converted file and the published one itself
@@ -157,7 +147,5 @@ def test_doors_features_layer_ids_checkpointing():
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(model.stages[2][1].dwconv.weight.grad, g)
     assert model.reparameterize() is model
-    model.reset_classifier(3)
-    assert model.eval()(x).shape == (2, 3)
     with pytest.raises(TypeError, match="unknown override for convnext_t: 'kernel_sizes'"):
         swtasks.create_model("convnext_t", kernel_sizes=7)

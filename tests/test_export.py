@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+from helpers import randomize
 
 import swtasks
 from swtasks.models import family_of, list_models
@@ -41,19 +42,6 @@ FAMILY_TEST_SIZES: dict[str, tuple[str, dict]] = {
 FAMILIES = sorted({family_of(n) for n in list_models()})
 SIZE = 64
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-
-
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and weights, so that a fold or an export that drops a term shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
 
 
 def _relative(got, want) -> float:
@@ -89,7 +77,7 @@ def test_every_family_exports_in_deploy_form(family, tmp_path):
     name, overrides = FAMILY_TEST_SIZES[family]
     assert family_of(name) == family
     torch.manual_seed(0)
-    model = _randomise(swtasks.create_model(name, num_classes=10, **overrides))
+    model = randomize(swtasks.create_model(name, num_classes=10, **overrides), seed=0).eval()
     if callable(getattr(model, "reparameterize", None)):
         model.reparameterize()
 
@@ -115,7 +103,7 @@ def test_tool_exports_a_safetensors_checkpoint_to_onnx_in_deploy_form(tmp_path, 
 
     name, overrides = FAMILY_TEST_SIZES["shiftwise"]
     torch.manual_seed(1)
-    trained = _randomise(swtasks.create_model(name, num_classes=7, **overrides), seed=1)
+    trained = randomize(swtasks.create_model(name, num_classes=7, **overrides), seed=1).eval()
     weights = tmp_path / "w.safetensors"
     meta = {"architecture": name, "num_classes": 7, "overrides": overrides}
     save_weights(weights, trained.state_dict(), meta)
@@ -206,7 +194,7 @@ def _deploy_atto(seed: int = 0, **kwargs) -> nn.Module:
     torch.manual_seed(seed)
     model = swtasks.create_model("shiftwise_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
                                  layer_scale_init_value=1.0, **kwargs)
-    model = _randomise(model, seed)
+    model = randomize(model, seed).eval()
     model.reparameterize()
     return model
 

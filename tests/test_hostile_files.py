@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tool
 
 import swtasks
 from swtasks.checkpoint import (
@@ -54,13 +55,6 @@ class _Exec:
 
     def __reduce__(self):
         return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
-
-
-def _tool(name: str):
-    """``main`` of tools/NAME.py (the real entry point; tools/ is no package)."""
-    import runpy
-
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=f"_tool_{name}")["main"]
 
 
 def _atto(num_classes=3):
@@ -186,7 +180,7 @@ def test_architecture_options_is_an_allow_list():
 
 
 def test_export_refuses_meta_that_points_at_another_file(files, tmp_path, capsys):
-    main = _tool("export")
+    main = tool("export").main
 
     for name in ("meta_points", "meta_points_pth"):
         with pytest.raises(SystemExit) as e:
@@ -208,7 +202,7 @@ def test_create_model_never_takes_loading_options_from_a_file(files):
 
 
 def test_export_backbone_refuses_hyper_parameters_that_load(files, tmp_path, capsys):
-    main = _tool("export_backbone")
+    main = tool("export_backbone").main
 
     for name, needle in (("hp_weights", "weights"), ("hp_kwargs", "checkpoint_path"), ("hp_class", "os.system")):
         with pytest.raises(SystemExit) as e:
@@ -278,7 +272,7 @@ def test_urls_are_refused_without_the_opt_in_and_read_weights_only_with_it(
         _cls(["fit", "--model.weights", f"{server}/evil_system.pth"], folder, tmp_path, monkeypatch)
     _one_line(capsys, e, "remote checkpoint", "--model.allow_download true")
     # tools/export.py
-    export_main = _tool("export")
+    export_main = tool("export").main
 
     with pytest.raises(SystemExit) as e:
         sys.exit(export_main(["shiftwise_atto", str(tmp_path / "u.onnx"), "--checkpoint", url]))
@@ -294,7 +288,7 @@ def test_urls_are_refused_without_the_opt_in_and_read_weights_only_with_it(
 
 
 def test_non_finite_weights_are_named_by_export_and_reparameterize(files, tmp_path, capsys):
-    export_main, rep_main = _tool("export"), _tool("reparameterize")
+    export_main, rep_main = tool("export").main, tool("reparameterize").main
 
     with pytest.raises(SystemExit) as e:
         sys.exit(export_main(["shiftwise_atto", str(tmp_path / "n.onnx"), "--checkpoint", str(files["nan"])]))

@@ -217,7 +217,7 @@ def test_backbone_exported_by_swtasks_cls_loads_through_init_cfg(tmp_path):
 def test_reference_layout_checkpoint_is_converted_while_loading(tmp_path):
     """A checkpoint in the reference implementation's layout (large_kernel.LoRAs.*, the published file's
     layout) is converted on the fly: the backbone ends up with the converter's tensors."""
-    from test_convert import SMALL, convert_shiftwise_official, random_reference
+    from helpers import SMALL, convert_shiftwise_official, random_reference
 
     src = {k: v.float() for k, v in random_reference(seed=3).state_dict().items()}
     path = tmp_path / "reference.pth"

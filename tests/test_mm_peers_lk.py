@@ -9,6 +9,7 @@ import os.path as osp
 
 import pytest
 import torch
+from helpers import randomize_parameters
 
 import swtasks
 import swtasks.mm  # noqa: F401  (registers the backbones)
@@ -45,10 +46,8 @@ def test_both_types_are_registered_and_resolve_their_variants():
 def test_published_dense_task_checkpoint_loads_also_into_the_deploy_structure(tmp_path):
     """A published UniRepLKNet backbone file (features mode: norm0..3, 'backbone.' keys in a detector
     checkpoint) loads as it is; deploy=True re-parameterises it while loading, with the same outputs."""
-    from test_unireplknet import randomize
-
     kw = {k: v for k, v in URLK_SMALL.items() if k != "base"}
-    net = randomize(swtasks.create_model("unireplknet_a", features_only=True, **kw)).float()
+    net = randomize_parameters(swtasks.create_model("unireplknet_a", features_only=True, **kw))
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in net.state_dict().items()}, "meta": {}},
                tmp_path / "det.pth")
     x = torch.randn(2, 3, 64, 64)

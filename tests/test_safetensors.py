@@ -137,9 +137,9 @@ def test_export_backbone_tool_writes_safetensors(tmp_path, capsys):
 def test_published_layout_and_converter_in_safetensors(tmp_path, capsys):
     """The published implementation's layout stored as .safetensors converts while loading, and
     tools/convert_checkpoint.py writes .safetensors; both reproduce the reference network's logits (the
-    independent re-statement in tests/test_convert.py)."""
-    from test_convert import N_CLASSES, images, random_reference
-    from test_convert import SMALL as REF_SMALL
+    independent re-statement in tests/helpers.py)."""
+    from helpers import N_CLASSES, images, random_reference
+    from helpers import SMALL as REF_SMALL
 
     ref = random_reference(merged=False)
     published = tmp_path / "published.safetensors"

@@ -1,17 +1,16 @@
-"""ShiftWiseNet, the model registry, the backbone protocol, deploy re-parameterisation, complexity and the
-reparameterize tool. Small variants and small inputs only (the paper variants are counted, never run)."""
+"""ShiftWiseNet, the model registry, the backbone protocol's ShiftWiseNet specifics (what every registered model
+must do is tests/test_model_protocol.py), deploy re-parameterisation, complexity and the reparameterize tool.
+Small variants and small inputs only (the paper variants are counted, never run)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
+from helpers import REPO, assert_checkpointing_is_exact, randomize, tool
 
 import swtasks
 from swtasks.checkpoint import CheckpointMismatchError
@@ -24,8 +23,6 @@ from swtasks.models import (
     get_data_config,
     list_models,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Training-structure parameters with 1000 classes (tiny: the published count; the others derived).
 PARAMS = {
@@ -41,23 +38,6 @@ PARAMS = {
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def randomize(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Random BN statistics/affines, layer scales and GRN parameters, so every folded term matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.randn(n, generator=g) * 0.5 + 1)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.5)
-        for name, p in model.named_parameters():
-            if name.endswith(("gamma", "beta")):  # also a bare block's own "gamma"
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +148,6 @@ def test_features_only_shapes_strides_and_info():
     assert [f["module"] for f in m.feature_info] == [f"stages.{i}" for i in range(4)]
     assert m.norm is None and m.head is None and isinstance(m.norm2, LayerNorm)
     x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        outs = m(x)
-    assert [tuple(o.shape) for o in outs] == [(1, c, 64 // r, 96 // r) for c, r in
-                                               zip(m.feature_info.channels(), m.feature_info.reduction())]
     sub = create_model("shiftwise_atto", features_only=True, out_indices=(1, 3)).eval()
     assert sub.feature_info.reduction() == [8, 32] and not hasattr(sub, "norm0")
     with torch.no_grad():
@@ -192,7 +168,6 @@ def test_bad_inputs(atto):
 def test_no_weight_decay_rule(atto):
     nwd = atto.no_weight_decay()
     names = dict(atto.named_parameters())
-    assert nwd <= set(names)
     assert "stages.0.0.gamma" in nwd and "stages.0.0.act.1.gamma" in nwd and "stages.0.0.act.1.beta" in nwd
     assert "stages.0.0.norm.weight" in nwd and "head.bias" in nwd and "downsample_layers.0.1.weight" in nwd
     assert "stages.0.0.large_kernel.bn_h.weight" in nwd
@@ -262,25 +237,10 @@ def test_deploy_parameter_count_tiny_block():
 
 
 def test_grad_checkpointing_identical():
-    torch.manual_seed(0)
-    a = randomize(create_model("shiftwise_atto", num_classes=5, depths=(1, 1, 2, 1), drop_path_rate=0.2))
-    b = create_model("shiftwise_atto", num_classes=5, depths=(1, 1, 2, 1), drop_path_rate=0.2)
-    b.load_state_dict(a.state_dict())
-    b.set_grad_checkpointing(True)
-    a.train(), b.train()
-    x = torch.randn(2, 3, 64, 64)
-    outs = []
-    for m in (a, b):
-        torch.manual_seed(123)  # same drop-path draws
-        out = m(x)
-        out.square().sum().backward()
-        outs.append(out)
-    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
-    for (n, p), q in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, msg=n)
-    # BatchNorm running statistics are updated once, not twice by the recomputation
-    for (n, t), u in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(u, t, rtol=0, atol=0, msg=n)
+    """Outputs, gradients and BatchNorm statistics (updated once, not twice by the recomputation)."""
+    assert_checkpointing_is_exact(
+        lambda: randomize(create_model("shiftwise_atto", num_classes=5, depths=(1, 1, 2, 1), drop_path_rate=0.2)),
+        torch.randn(2, 3, 64, 64))
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -354,10 +314,7 @@ def test_reparameterize_tool_round_trip(tmp_path, capsys):
         ref = src.eval()(x)
         torch.testing.assert_close(d.eval()(x), ref, rtol=1e-4, atol=1e-4)
     # in-process for the error path: a deploy checkpoint cannot be re-parameterised again
-    spec = importlib.util.spec_from_file_location("reparameterize_tool", REPO / "tools" / "reparameterize.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main([str(out), str(tmp_path / "x.pth")] + cmd[4:]) == 2
+    assert tool("reparameterize").main([str(out), str(tmp_path / "x.pth")] + cmd[4:]) == 2
     assert "deploy=True" in capsys.readouterr().err and not (tmp_path / "x.pth").exists()
 
 

@@ -16,8 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_convert import RefLayerNormCF, _tool
-from test_unireplknet import assert_checkpointing_is_exact, images, randomize
+from helpers import RefLayerNormCF, assert_checkpointing_is_exact, images, randomize_parameters, tool
 
 import swtasks
 from swtasks.checkpoint import CheckpointMismatchError, load_into
@@ -91,7 +90,7 @@ def ours(**kw):
 
 @pytest.mark.parametrize("big", [5, 7, 13, 51])
 def test_decomposed_conv_matches_the_published_one_and_merges_exactly(big):
-    ref = randomize(RefLargeKernel(3, big, 5), seed=big)
+    ref = randomize_parameters(RefLargeKernel(3, big, 5), seed=big).double().eval()
     layer = DecomposedLargeKernelConv(3, big, 5).double().eval()
     layer.load_state_dict(ref.state_dict())
     assert layer.has_small_conv == (big > 5)
@@ -149,14 +148,14 @@ def test_parameter_counts_and_widths():
 
 
 def test_reparameterize_and_published_file_give_the_same_logits(tmp_path, capsys):
-    ref = randomize(RefSLaK(**SMALL), seed=4)
+    ref = randomize_parameters(RefSLaK(**SMALL), seed=4).double().eval()
     x = images()
     y = ref(x)
     src = tmp_path / "slak_pub.pth"
     torch.save({"model": ref.state_dict(), "epoch": 299}, src)
     out = tmp_path / "converted.pth"
     argv = ["--source", "slak-official", str(src), str(out), "--model", "slak_t"]
-    assert _tool().main(argv + [f"--set={k}={v!r}" for k, v in SMALL.items()]) == 0  # the command line
+    assert tool("convert_checkpoint").main(argv + [f"--set={k}={v!r}" for k, v in SMALL.items()]) == 0  # the command line
     assert f"slak_t, num_classes={N_CLASSES}" in capsys.readouterr().out
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["num_classes"] == N_CLASSES and meta["source"] == "slak-official"
@@ -176,7 +175,7 @@ def test_reparameterize_and_published_file_give_the_same_logits(tmp_path, capsys
 
 
 def test_files_that_do_not_fit_are_refused_with_the_keys(tmp_path):
-    sd = dict(randomize(RefSLaK(**SMALL)).state_dict())
+    sd = dict(randomize_parameters(RefSLaK(**SMALL)).double().state_dict())
     # a non-decomposed SLaK (one dense K x K kernel per block) in block 1 of stage 2 (39 channels, K = 9)
     p = "stages.2.1.large_kernel."
     for key in [k for k in sd if k.startswith(p + "LoRA")]:

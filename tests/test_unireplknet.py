@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_convert import Perm, RefNet, RefSE
+from helpers import Perm, RefNet, RefSE, assert_checkpointing_is_exact, images, randomize_parameters
 
 import swtasks
 from swtasks.checkpoint import CheckpointMismatchError, load_into
@@ -148,29 +148,10 @@ def _per_block(kernel_sizes, depths):
     return [(k,) * d if isinstance(k, int) else tuple(k) for k, d in zip(kernel_sizes, depths)]
 
 
-def randomize(net, seed=0):
-    """Random parameters whose values are float32-representable (so a float32 file round-trips exactly),
-    layer scales around 1, random BN statistics; returned in float64, eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 0.2))
-            if name.endswith("gamma") and p.dim() == 1:
-                p.add_(1.0)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return net.double().eval()
-
-
 def random_reference(seed=0, **cfg):
     cfg = {**SMALL, **cfg}
-    return randomize(build_reference(cfg["depths"], cfg["dims"], _per_block(cfg["kernel_sizes"], cfg["depths"])), seed)
-
-
-def images(n=2, size=64, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    net = build_reference(cfg["depths"], cfg["dims"], _per_block(cfg["kernel_sizes"], cfg["depths"]))
+    return randomize_parameters(net, seed).double().eval()
 
 
 def ours(**kw):
@@ -345,31 +326,6 @@ def test_features_only_shapes_and_info():
     assert cls(torch.randn(1, 3, 32, 32)).shape == (1, 32)
     with pytest.raises(ValueError, match="smaller than the network's total stride"):
         cls(torch.randn(1, 3, 16, 16))
-
-
-def assert_checkpointing_is_exact(make, x):
-    """Two copies of make() (drop path on, layer scales 1), the second with grad checkpointing: identical
-    outputs, gradients and BatchNorm statistics after one training forward/backward."""
-    torch.manual_seed(0)
-    a, b = make(), make()
-    with torch.no_grad():
-        for n, p in a.named_parameters():
-            if n.endswith("gamma") and p.dim() == 1:
-                p.fill_(1.0)
-    b.load_state_dict(a.state_dict())
-    b.set_grad_checkpointing(True)
-    outs = []
-    for m in (a, b):
-        torch.manual_seed(7)
-        out = m.train()(x)
-        out.square().sum().backward()
-        outs.append(out)
-    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
-    for (n, p), q in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, msg=n)
-    for (n, t), u in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(u, t, rtol=0, atol=0, msg=n)
-    return a
 
 
 def test_grad_checkpointing_gives_identical_outputs_grads_and_statistics():
