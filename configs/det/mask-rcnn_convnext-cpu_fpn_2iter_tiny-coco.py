@@ -16,9 +16,4 @@ model = dict(
         layer_scale_init_value=1.0,
         init_cfg=None),
     neck=dict(in_channels=dims))
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise', num_layers=6))
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise', num_layers=6))

@@ -5,15 +5,14 @@
 # ids, drop path 0.4, layer scale init 1.0, 16 images per batch (8 GPUs x 2).
 #
 # It reuses MMDetection's own ConvNeXt-T Mask R-CNN config from the installed package (same heads, pipeline
-# and schedule; its backbone is mmpretrain's) and swaps in this toolkit's ConvNeXt, which loads the published
+# and schedule; its backbone is mmpretrain's; through configs/_base_/mask-rcnn_fpn_ms-crop-3x_coco_adamw-layer-decay.py,
+# with AdamW and the batch size) and swaps in this toolkit's ConvNeXt, which loads the published
 # classification checkpoint (`tools/convert_checkpoint.py --source convnext-official ... --model convnext_t`,
 # or the published .pth directly). fp32 here (the reference used fp16): `--amp` turns mixed precision on.
 #
 #   python tools/train_det.py configs/det/mask-rcnn_convnext-t_fpn_ms-crop-3x_coco.py \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PATH/TO/convnext_tiny_1k_224_ema.pth
-_base_ = 'mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'
-
-custom_imports = dict(imports=['swtasks.mm'], allow_failed_imports=False)
+_base_ = '../_base_/mask-rcnn_fpn_ms-crop-3x_coco_adamw-layer-decay.py'
 
 pretrained = 'checkpoints/convnext_t_in1k.pth'
 dims = [96, 192, 384, 768]
@@ -34,12 +33,4 @@ model = dict(
 
 # the published constructor's rule: stem 0, stage 1 -> 1, stage 2 -> 2, stage 3 block b -> 3 + b // 3, stage 4
 # -> num_layers; lr scale 0.95 ** (num_layers + 1 - id); no weight decay on biases, norms and layer scales
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise', num_layers=6))
-
-train_dataloader = dict(batch_size=2)
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise', num_layers=6))

@@ -17,9 +17,4 @@ model = dict(
         norm_eval=True,
         init_cfg=None),
     neck=dict(in_channels=chans))
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=1.0, decay_type='layer_wise'))
+optim_wrapper = dict(paramwise_cfg=dict(_delete_=True, decay_rate=1.0, decay_type='layer_wise'))

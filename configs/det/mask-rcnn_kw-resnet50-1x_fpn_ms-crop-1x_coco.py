@@ -7,10 +7,9 @@
 # Other KW variants: `--cfg-options model.backbone.arch=resnet50_4x` (published 42.4 / 38.9).
 #
 # Pipeline and heads from MMDetection's ConvNeXt Mask R-CNN config (the same DETR-style multi-scale crop
-# augmentation the KW configs use), with the 1x schedule.
-_base_ = 'mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'
-
-custom_imports = dict(imports=['swtasks.mm'], allow_failed_imports=False)
+# augmentation the KW configs use; through configs/_base_/mask-rcnn_fpn_ms-crop-3x_coco_adamw-layer-decay.py, with
+# AdamW lr 1e-4 / wd 0.05 and the batch size), with the 1x schedule.
+_base_ = '../_base_/mask-rcnn_fpn_ms-crop-3x_coco_adamw-layer-decay.py'
 
 # the converted published ImageNet checkpoint (tools/convert_checkpoint.py --source kernelwarehouse-official
 # ... --model kw_resnet50_1x), or the published file itself
@@ -37,12 +36,4 @@ param_scheduler = [
 ]
 
 # AdamW without layer decay (rate 1.0); no weight decay on biases and norms (the published 'norm' decay_mult 0)
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=1.0, decay_type='layer_wise'))
-
-train_dataloader = dict(batch_size=2)
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=1.0, decay_type='layer_wise'))

@@ -1,13 +1,12 @@
 # Mask R-CNN + FPN with a ShiftWiseNet-T backbone, 1x schedule (12 epochs), COCO instance segmentation.
-# Everything not set here comes from MMDetection's own config shipped inside the installed package.
+# Shared with the other 1x recipes (configs/_base_/mask-rcnn_fpn_1x_coco_adamw-layer-decay.py): MMDetection's
+# own Mask R-CNN 1x config from the installed package, AdamW lr 1e-4 / wd 0.05, SyncBN, total batch 16.
 #
 #   python tools/train_det.py configs/det/mask-rcnn_shiftwise-tiny_fpn_1x_coco.py \
 #       --cfg-options model.backbone.init_cfg.checkpoint=PATH/TO/shiftwise_tiny.ckpt
 #
 # Data: data/coco/{annotations,train2017,val2017} (see data/README.md); `--data-root DIR` moves it.
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=['swtasks.mm'], allow_failed_imports=False)
+_base_ = '../_base_/mask-rcnn_fpn_1x_coco_adamw-layer-decay.py'
 
 # A classification checkpoint of this project (Lightning .ckpt), an exported backbone, or the converted
 # published SW-T checkpoint; the prefix is a hint (the backbone's keys are found behind 'model.' etc.).
@@ -30,16 +29,5 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=dims))
 
-# The backbone's BatchNorms see 2 images per GPU: synchronise them in distributed runs
-# (mmengine converts the model when the launcher is pytorch/slurm; single-process runs keep plain BN).
-sync_bn = 'torch'
-
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=0.8, decay_type='layer_wise', num_layers=12))
-
-# total batch 16 (8 GPUs x 2 images); scale lr linearly with `--auto-scale-lr` for other sizes
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+# layer-wise lr decay 0.8 over 12 layer ids (AdamW lr 1e-4 / wd 0.05 from the base)
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.8, decay_type='layer_wise', num_layers=12))

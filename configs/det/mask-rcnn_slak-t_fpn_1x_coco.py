@@ -7,9 +7,7 @@
 #   python tools/convert_checkpoint.py --source slak-official SLaK_tiny_checkpoint.pth \
 #       checkpoints/slak_t_in1k.pth --model slak_t
 #   python tools/train_det.py configs/det/mask-rcnn_slak-t_fpn_1x_coco.py
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=['swtasks.mm'], allow_failed_imports=False)
+_base_ = '../_base_/mask-rcnn_fpn_1x_coco_adamw-layer-decay.py'  # AdamW, SyncBN, batch 16
 
 pretrained = 'checkpoints/slak_t_in1k.pth'
 dims = [124, 249, 499, 998]  # ConvNeXt-T widths x 1.3
@@ -30,15 +28,7 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=dims))
 
-sync_bn = 'torch'
-
 # layer ids of the ConvNeXt layout with num_layers=6: stem 0, stage 1 -> 1, stage 2 / downsampling 2 -> 2,
 # downsampling 3 -> 3, stage 3 block b -> 3 + b // 3, stage 4 / downsampling 4 -> 6; the rest 7 (full lr)
 optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6))
-
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+    optimizer=dict(lr=2e-4), paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6))

@@ -8,9 +8,7 @@
 #   python tools/train_det.py configs/det/mask-rcnn_unireplknet-t_fpn_1x_coco.py
 #
 # (the published file also loads directly: the family's layout is read by every loader)
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=['swtasks.mm'], allow_failed_imports=False)
+_base_ = '../_base_/mask-rcnn_fpn_1x_coco_adamw-layer-decay.py'  # AdamW lr 1e-4 / wd 0.05, batch 16
 
 pretrained = 'checkpoints/unireplknet_t_in1k.pth'
 dims = [80, 160, 320, 640]
@@ -30,15 +28,5 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=dims))
 
-# 2 images per GPU: synchronise the backbone's BatchNorms in distributed runs (the published backbone
-# always used SyncBN there)
-sync_bn = 'torch'
-
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=0.8, decay_type='layer_wise', num_layers=12))
-
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+# SyncBN in distributed runs (from the base; the published backbone always used SyncBN there)
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.8, decay_type='layer_wise', num_layers=12))

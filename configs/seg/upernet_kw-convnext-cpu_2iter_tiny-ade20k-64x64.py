@@ -17,9 +17,4 @@ model = dict(
         init_cfg=None),
     decode_head=dict(in_channels=dims),
     auxiliary_head=dict(in_channels=dims[2]))
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6))
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6))

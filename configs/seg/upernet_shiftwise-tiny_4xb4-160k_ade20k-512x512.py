@@ -2,19 +2,17 @@
 # index 2 (loss weight 0.4) with a ShiftWiseNet-T backbone; 512x512 crops, 160k iterations, 16 images per
 # batch (4 GPUs x 4), AdamW lr 1e-4 / wd 0.05, poly schedule (power 1.0) after 1500 linear warm-up
 # iterations, sliding-window test (crop 512, stride 341), drop path 0.4.
-# Everything else comes from MMSegmentation's own config shipped inside the installed package.
+# Shared with the other AdamW UperNet recipes (configs/_base_/upernet_160k_ade20k_adamw-layer-decay.py):
+# MMSegmentation's own UperNet config from the installed package, AdamW, the schedule, the batch size, SyncBN.
 #
 # Data: data/ade/ADEChallengeData2016/{images,annotations}/{training,validation} (see data/README.md).
-_base_ = 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'
-
-custom_imports = dict(imports=['swtasks.mm'], allow_failed_imports=False)
+_base_ = '../_base_/upernet_160k_ade20k_adamw-layer-decay.py'
 
 pretrained = 'checkpoints/shiftwise_tiny_in1k.pth'
 dims = [80, 160, 320, 640]
 crop_size = (512, 512)
 
 model = dict(
-    pretrained=None,  # the base config's ResNet weights; ours come through the backbone's init_cfg
     backbone=dict(
         _delete_=True,
         type='ShiftWiseNet',
@@ -32,23 +30,7 @@ model = dict(
     auxiliary_head=dict(in_channels=dims[2], num_classes=150),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
 
-sync_bn = 'torch'
-
 # The reference recipe states no layer-wise lr decay for ADE20K: rate 1.0 gives every parameter the base lr
 # (num_layers is then irrelevant); the constructor still takes weight decay off biases, norms, layer scales
 # and GRN. `--cfg-options optim_wrapper.paramwise_cfg.decay_rate=0.9` turns decay on (layer ids: docs/detection-segmentation.md).
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(decay_rate=1.0, decay_type='layer_wise', num_layers=9))
-
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', power=1.0, begin=1500, end=160000, eta_min=0.0, by_epoch=False),
-]
-
-train_dataloader = dict(batch_size=4)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=1.0, decay_type='layer_wise', num_layers=9))
