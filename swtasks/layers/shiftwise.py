@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.cross_conv import cross_conv
+from ..ops.cross_torch import autocast_input
 from ..ops.options import DOT_PRECISIONS, VARIANTS
 from ..ops.shiftwise import (
     build_cross_kernels,
@@ -63,6 +64,15 @@ __all__ = ["ShiftWiseConv2d"]
 # when the traced graph runs; the rest of the module is traced as usual.
 torch.fx.wrap("build_cross_kernels")
 torch.fx.wrap("cross_conv")
+
+
+def _accumulation_dtype(x, x_op):
+    """The dtype the layer sums its branches, identity and bias in: x's for an fp32 / fp64 input that the
+    operator reads as it is (no autocast) and under symbolic tracing; fp32 when the convolutions run in 16 bits
+    (autocast, or a 16-bit input): one rounding of their sum instead of one per addition and per bias."""
+    if isinstance(x, torch.fx.Proxy) or (x.dtype in (torch.float32, torch.float64) and x_op.dtype == x.dtype):
+        return x.dtype
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -272,9 +282,13 @@ class ShiftWiseConv2d(nn.Module):
             self._check_input(x)
         full = self.ghost_channels == 0
         x_r = x if full else x.index_select(1, self.rep_idx)
+        # mixed precision (docs/operator.md): the convolutions in autocast's 16-bit dtype, the sum of the
+        # branches, the identity and the bias in fp32 (acc), the output in x's dtype
+        x_op = autocast_input(x_r)
+        acc = _accumulation_dtype(x, x_op)
         if self.deploy:
             z = cross_conv(
-                x_r,
+                x_op,
                 self.weight_h,
                 self.weight_v,
                 None,
@@ -282,11 +296,12 @@ class ShiftWiseConv2d(nn.Module):
                 reduce=True,
                 **self._op_switches(),
             )
-            z = z + self.bias.to(z.dtype).view(1, -1, 1, 1)
+            z = z.to(acc) + self.bias.to(acc).view(1, -1, 1, 1)
         else:
             w_h, w_v, w_s = self.cross_kernels()
-            o_h, o_v, o_s = cross_conv(x_r, w_h, w_v, w_s, big_kernel=self.kernel_size, **self._op_switches())
-            z = self.bn_h(o_h) + self.bn_v(o_v) + self.bn_s(o_s) + x_r
+            o_h, o_v, o_s = cross_conv(x_op, w_h, w_v, w_s, big_kernel=self.kernel_size, **self._op_switches())
+            z_h, z_v, z_s = self.bn_h(o_h), self.bn_v(o_v), self.bn_s(o_s)
+            z = z_h.to(acc) + z_v.to(acc) + z_s.to(acc) + x_r.to(acc)
         z = z.to(x.dtype)
         if full:
             return z

@@ -27,6 +27,18 @@ mixes NCHW and NHWC strides. Here everything stays NCHW:
   and running statistics), and the residual add is NCHW + NCHW; without autograd, fresh intermediates are
   overwritten in place.
 
+Traced on the CPU (torch.export, the ONNX exporter, torch.jit.trace, torch.compile), the deploy structure runs
+this path too, in standard operators only (`_deploy_operator_graph`, 1x1 convolutions, GRN in plain operators):
+what ONNX Runtime runs fast. The operator covers all C channels (the ghost channels' affine becomes the centre
+tap of the horizontal strip and its bias): no gather/scatter of the rep channels, and C, unlike the rep count
+(122, 246 in SW-T), is a multiple of 8, so ONNX Runtime runs the strips as its blocked (NCHWc) depthwise
+convolution instead of im2col + GEMM. The horizontal strip stays wide (transposing the map costs two passes)
+on an input zero-padded by concatenation: a Pad would be folded into the convolution's own padding, and
+ONNX Runtime's blocked kernel computes every output whose window overlaps that padding one by one (most
+outputs of a 51-wide kernel on a 56-wide map). The training structure traced keeps the module path. Measured
+in docs/deploy.md ("ONNX Runtime"). Under torch.fx symbolic tracing (a Proxy has no device) the module path
+runs.
+
 Every result equals the module path up to float rounding (tests/test_analysis.py checks outputs, input and
 parameter gradients and BatchNorm statistics against `x + ShiftWiseBlock.residual(x)` for the training,
 eval and deploy structures, and gradchecks the GRN functions). The module path stays the reference and runs
@@ -53,12 +65,15 @@ __all__ = ["block_forward_nchw", "use_nchw_path"]
 
 
 def use_nchw_path(x: torch.Tensor) -> bool:
-    """Whether a block runs this path for input `x`: 4-D CPU tensors in eager mode. Not while tracing,
-    scripting, exporting or compiling: its autograd Functions are opaque to those (the module path is the
-    same function in standard operators, which is what an exported or compiled graph should hold)."""
-    if is_traced(x):  # also a torch.fx Proxy (symbolic tracing)
+    """Whether a block runs this path for input `x`: 4-D CPU tensors, eager or traced (torch.export, the ONNX
+    exporter, torch.jit.trace, torch.compile: then its standard-operator form for the deploy structure and the
+    module path for the training structure; its autograd Functions are opaque to tracers). Not under torch.fx
+    symbolic tracing (a Proxy). Not under
+    CPU autocast either: its written-out backwards assume one dtype per map, autocast mixes bf16 and fp32
+    (the module path's autograd handles that; docs/operator.md, "Mixed precision")."""
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing: no device to look at
         return False
-    return x.device.type == "cpu" and x.dim() == 4
+    return x.device.type == "cpu" and x.dim() == 4 and not torch.is_autocast_enabled("cpu")
 
 
 def _grn_forward(u: torch.Tensor, gamma: torch.Tensor, eps: float):
@@ -287,8 +302,9 @@ class _OperatorNorm(torch.autograd.Function):
 
 
 def _per_sample_gemm(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Large maps with few channels (stages 1-2 of the paper variants at 224 px): one GEMM per sample."""
-    return x.shape[2] * x.shape[3] >= max(weight.shape)
+    """Large maps with few channels (stages 1-2 of the paper variants at 224 px): one GEMM per sample. Never
+    in a traced graph (a runtime's 1x1 convolution is its fastest form there; the sizes may be symbolic)."""
+    return not is_traced(x) and x.shape[2] * x.shape[3] >= max(weight.shape)
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -345,13 +361,40 @@ def _operator_norm(lk, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
                                bh.bias, bv.weight, bv.bias, bs.weight, bs.bias, norm.weight, norm.bias, spec)
 
 
+def _deploy_operator_graph(block, x: torch.Tensor) -> torch.Tensor:
+    """The deploy operator and the ghost channels' affine (block.norm) in standard operators over all C
+    channels: two depthwise convolutions, the horizontal strip wide on x zero-padded by concatenation, the
+    vertical one tall with the bias (see the module docstring). Ghost channel c: weight_c at the horizontal
+    strip's centre tap, bias_c; rep channels: the folded strips cropped to the image (strip_convs)."""
+    lk = block.large_kernel
+    plan_h, plan_v = strip_convs(x, lk.weight_h, lk.weight_v, lk.kernel_size, needs_grad=False, wide=True)
+    w_h, w_v, bias = plan_h.weight, plan_v.weight, lk.bias.to(x.dtype)
+    (row, half), g = plan_h.padding, lk.ghost_channels
+    if g:
+        kh, kw = w_h.shape[-2:]
+        centre = F.pad(block.norm.weight.to(x.dtype).view(g, 1, 1, 1), (half, kw - 1 - half, row, kh - 1 - row))
+        rep, ghost, c = lk.rep_idx, lk.ghost_idx, x.shape[1]
+        w_h = w_h.new_zeros(c, *w_h.shape[1:]).index_copy(0, rep, w_h).index_copy(0, ghost, centre)
+        w_v = w_v.new_zeros(c, *w_v.shape[1:]).index_copy(0, rep, w_v)
+        bias = bias.new_zeros(c).index_copy(0, rep, bias).index_copy(0, ghost, block.norm.bias.to(x.dtype))
+    zeros = x.new_zeros(x.shape[0], x.shape[1], x.shape[2], half)
+    out_h = F.conv2d(torch.cat([zeros, x, zeros], dim=3), w_h, padding=(row, 0), groups=x.shape[1])
+    return out_h + F.conv2d(x, w_v, bias, padding=plan_v.padding, groups=x.shape[1])
+
+
 def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
     """`x + block.residual(x)` for an NCHW input, computed NCHW throughout (see the module docstring). A
-    channels-last input is made contiguous once (the block's output, and so the next block's input, is NCHW)."""
+    channels-last input is made contiguous once (the block's output, and so the next block's input, is NCHW).
+    Traced: the deploy structure in standard operators, the training structure through the module path."""
+    traced = is_traced(x)
+    if traced and not (block.deploy and block.large_kernel.deploy):
+        return x + block.residual(x)
     x = x.contiguous()
     lk = block.large_kernel
-    inplace = not torch.is_grad_enabled()  # no autograd graph: overwrite fresh intermediates
-    if _fused_operator(block, x):
+    inplace = not torch.is_grad_enabled() and not traced  # no autograd graph: overwrite fresh intermediates
+    if traced:
+        y = _deploy_operator_graph(block, x)
+    elif _fused_operator(block, x):
         y = _operator_norm(lk, block.norm, x)
     else:
         y = lk(x)  # a fresh tensor (the operator writes its rep channels into a copy of x)
@@ -375,7 +418,9 @@ def block_forward_nchw(block, x: torch.Tensor) -> torch.Tensor:
     if _per_sample_gemm(u, lin2.weight):  # GRN scale folded into per-sample weights, then Linear 4C -> C
         out = _GRNLinear.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps, lin2.weight, bias)
     else:  # GRN applied to the map (in place without autograd), then the 1x1 convolution
-        if inplace:
+        if traced:
+            u = u * _grn_forward(u, grn.gamma.view(1, -1, 1, 1), grn.eps)[3]
+        elif inplace:
             u = u.mul_(_grn_scale(u, grn))
         else:
             u = _GRNApply.apply(u, grn.gamma.view(1, -1, 1, 1), grn.eps)

@@ -12,7 +12,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StripConv", "check_cross_args", "cross_conv_torch", "strip_convs", "strip_input", "strip_output"]
+__all__ = ["StripConv", "autocast_input", "check_cross_args", "cross_conv_torch", "strip_convs", "strip_input",
+           "strip_output"]
 
 
 def check_cross_args(x, w_h, w_v, w_s, big_kernel: int) -> tuple[int, int]:
@@ -39,6 +40,20 @@ def check_cross_args(x, w_h, w_v, w_s, big_kernel: int) -> tuple[int, int]:
     return k, L
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in the dtype autocast runs convolutions in on x's device (bf16 or fp16) when autocast is on there
+    and x is fp32, else x unchanged (fp64 is never cast, as autocast never casts it). The operator's
+    convolutions then read one 16-bit copy of x instead of one per branch, and the Triton path gets 16-bit x
+    and runs its 16-bit kernels (a custom op is not cast by autocast). docs/operator.md, "Mixed precision"."""
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing: no dtype to look at; the graph keeps the call
+        return x
+    dev = x.device.type
+    # (meta and other devices without autocast: is_autocast_enabled would raise)
+    if x.dtype == torch.float32 and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
+
+
 class StripConv(NamedTuple):
     """One strip branch as a depthwise convolution: ``F.conv2d(strip_input(x, s), s.weight, padding=s.padding,
     groups=C)``, then ``strip_output`` (the result transposed back when ``transpose``)."""
@@ -49,7 +64,8 @@ class StripConv(NamedTuple):
     padding: tuple[int, int]  # the convolution's own padding
 
 
-def strip_convs(x, w_h, w_v, big_kernel: int, *, needs_grad: bool) -> tuple[StripConv, StripConv]:
+def strip_convs(x, w_h, w_v, big_kernel: int, *, needs_grad: bool,
+                wide: bool | None = None) -> tuple[StripConv, StripConv]:
     """The two strip branches of `cross_conv_torch` (horizontal, vertical) for input x, as convolutions.
 
     Each strip is first centred (zero taps added on its short side) and cropped to the image extent (taps
@@ -64,6 +80,7 @@ def strip_convs(x, w_h, w_v, big_kernel: int, *, needs_grad: bool) -> tuple[Stri
     hi = L - 1 - lo  # taps after it (hi >= lo)
     r = k // 2
     cpu = x.device.type == "cpu"
+    wide = not cpu if wide is None else wide
     plans = []
     for w, extent, along_w in ((w_h.to(x.dtype).transpose(1, 2), W, True), (w_v.to(x.dtype), H, False)):
         # half-length of the centred strip, cropped to the image; a symbolic extent (torch.export with a
@@ -74,7 +91,7 @@ def strip_convs(x, w_h, w_v, big_kernel: int, *, needs_grad: bool) -> tuple[Stri
         w = w[:, lo - keep_lo : lo + half + 1]  # (C, taps, k), tall
         if half > keep_lo:
             w = F.pad(w, (0, 0, half - keep_lo, 0))
-        if along_w and not cpu:  # wide kernel on the image itself
+        if along_w and wide:  # wide kernel on the image itself
             plans.append(StripConv(w.transpose(1, 2).unsqueeze(1), False, None, (r, half)))
             continue
         explicit = cpu and needs_grad and 2 * half + 1 > extent
@@ -99,9 +116,12 @@ def cross_conv_torch(x, w_h, w_v, w_s=None, *, big_kernel: int, reduce: bool = F
 
     Plain differentiable PyTorch (ordinary autograd, any device, torch.compile-able); the strips run as
     `strip_convs` plans them (centred, cropped to the image, transposed / padded on CPU). Outputs may be
-    non-contiguous views (the horizontal branch on CPU is a transposed result).
+    non-contiguous views (the horizontal branch on CPU is a transposed result). Under autocast the
+    convolutions run in its 16-bit dtype (fp32 accumulation inside the convolution) and return it; the
+    reduce=True sum is accumulated in fp32 (docs/operator.md, "Mixed precision").
     """
     k, _ = check_cross_args(x, w_h, w_v, w_s, big_kernel)
+    x = autocast_input(x)  # under autocast: one 16-bit copy for the three convolutions
     r = k // 2
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, w_h, w_v, w_s)
@@ -110,9 +130,10 @@ def cross_conv_torch(x, w_h, w_v, w_s=None, *, big_kernel: int, reduce: bool = F
             for s in strip_convs(x, w_h, w_v, big_kernel, needs_grad=needs_grad)]
     out_h, out_v = outs
     out_s = None if w_s is None else F.conv2d(x, w_s.to(x.dtype).unsqueeze(1), padding=r, groups=x.shape[1])
-    if reduce:
-        out = out_h + out_v
-        return out if out_s is None else out + out_s
+    if reduce:  # summed in fp32 (fp64 for fp64) and rounded once to the convolutions' dtype
+        acc = torch.promote_types(out_h.dtype, torch.float32)
+        out = out_h.to(acc) + out_v.to(acc)
+        return (out if out_s is None else out + out_s.to(acc)).to(out_h.dtype)
     if out_s is None:
         out_s = torch.zeros_like(out_v)
     return out_h, out_v, out_s

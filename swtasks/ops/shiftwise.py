@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .cross_conv import cross_conv
+from .cross_torch import autocast_input
 
 REFERENCE_SEED = 123
 
@@ -138,7 +139,7 @@ def shiftwise_tables(
     n_rep: int,
     seed: int = REFERENCE_SEED,
 ) -> ShiftwiseTables:
-    """All fixed tables of one operator, exactly as the reference generates them (spec section 3)."""
+    """All fixed tables of one operator, exactly as the reference generates them (docs/operator.md, "Definition": index tables)."""
     R = rep_channel_count(channels, ghost_ratio)
     nk = math.ceil(kernel_size / small_kernel)
     rep_idx, ghost_idx = ghost_split(channels, R, seed)
@@ -166,7 +167,7 @@ def _slot_sources(slot: torch.Tensor, n_small: int) -> torch.Tensor:
 def build_cross_kernels(
     weight_sum: torch.Tensor, slot_h: torch.Tensor, slot_v: torch.Tensor, ident: torch.Tensor, n_small: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cross kernels of the operator from its shared small kernels (spec section 5).
+    """Cross kernels of the operator from its shared small kernels (docs/operator.md, "Definition": dense form).
 
     weight_sum: (R*nk, k, k), the sum over paths (and masks) of the small kernels.
     Returns w_h (R, k, L), w_v (R, L, k), w_s (R, k, k), with
@@ -243,7 +244,7 @@ def shiftwise_reference(
     *,
     big_kernel: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The literal operator of spec section 4, steps 2-3 (slow; exists to test the fast paths).
+    """The literal operator of docs/operator.md, "Definition", forward steps 2-3 (slow; exists to test the fast paths).
 
     x_r: (B, R, H, W) rep channels; weight: (n_path, R*nk, k, k) or (R*nk, k, k).
     Y = sum_p conv2d(x_r, W_p, groups=R, padding=k-1) (B, R*nk, H+2e, W+2e), then
@@ -329,5 +330,6 @@ def shiftwise_conv(
     nk = RN // R
     w_sum = W_p.sum(0) if W_p.shape[0] > 1 else W_p[0]
     w_h, w_v, w_s = build_cross_kernels(w_sum, slot_h, slot_v, ident, nk)
-    return cross_conv(x_r, w_h, w_v, w_s, big_kernel=big_kernel, reduce=reduce, backend=backend, variant=variant,
-                      dot_precision=dot_precision, deterministic=deterministic)
+    # under autocast both backends get 16-bit x (the kernels are built in fp32 and cast with it)
+    return cross_conv(autocast_input(x_r), w_h, w_v, w_s, big_kernel=big_kernel, reduce=reduce, backend=backend,
+                      variant=variant, dot_precision=dot_precision, deterministic=deterministic)
