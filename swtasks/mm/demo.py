@@ -40,6 +40,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .testing import write_ade20k, write_coco
+
 __all__ = [
     "DEMO_CLASSES",
     "SEG_CLASSES",
@@ -135,59 +137,36 @@ def make_shapes_coco(
     root: str, num_train: int = 400, num_val: int = 60, size: int = 128, seed: int = 0, colours: str = "random"
 ) -> str:
     """Write the detection demo's data under ``root`` in the COCO 2017 layout; returns ``root``."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(DEMO_CLASSES)]
-    os.makedirs(osp.join(root, "annotations"), exist_ok=True)
-    for split, n in (("train2017", num_train), ("val2017", num_val)):
-        os.makedirs(osp.join(root, split), exist_ok=True)
-        images, anns = [], []
-        for i in range(n):
-            img_id = i + 1
-            img, shapes = _draw_image(rng, size, int(rng.integers(1, 5)), overlap=False, colours=colours)
-            for kind, pts, _mask in shapes:
-                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-                x0, y0 = max(0.0, min(xs)), max(0.0, min(ys))
-                w, h = min(float(size), max(xs)) - x0, min(float(size), max(ys)) - y0
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": img_id,
-                        "category_id": kind + 1,
-                        "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)],
-                        "area": round(_poly_area(pts), 2),
-                        "segmentation": [[round(v, 2) for p in pts for v in p]],
-                        "iscrowd": 0,
-                    }
-                )
-            name = f"{img_id:012d}.jpg"
-            Image.fromarray(img).save(osp.join(root, split, name), quality=95)
-            images.append({"id": img_id, "file_name": name, "width": size, "height": size})
-        with open(osp.join(root, "annotations", f"instances_{split}.json"), "w") as f:
-            json.dump({"images": images, "annotations": anns, "categories": categories}, f)
-    return root
+
+    def make_image(_i):
+        img, shapes = _draw_image(rng, size, int(rng.integers(1, 5)), overlap=False, colours=colours)
+        objects = []
+        for kind, pts, _mask in shapes:
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            x0, y0 = max(0.0, min(xs)), max(0.0, min(ys))
+            w, h = min(float(size), max(xs)) - x0, min(float(size), max(ys)) - y0
+            objects.append((kind, [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)], round(_poly_area(pts), 2),
+                            [round(v, 2) for p in pts for v in p]))
+        return img, objects
+
+    return write_coco(root, DEMO_CLASSES, {"train2017": num_train, "val2017": num_val}, make_image)
 
 
 def make_shapes_ade20k(
     root: str, num_train: int = 300, num_val: int = 50, size: int = 128, seed: int = 0, colours: str = "random"
 ) -> str:
     """Write the segmentation demo's data under ``root`` in the ADE20K layout; returns ``root``."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
-    for split, n in (("training", num_train), ("validation", num_val)):
-        os.makedirs(osp.join(root, "images", split), exist_ok=True)
-        os.makedirs(osp.join(root, "annotations", split), exist_ok=True)
-        for i in range(n):
-            img, shapes = _draw_image(rng, size, int(rng.integers(1, 6)), overlap=True, colours=colours)
-            label = np.zeros((size, size), np.uint8)
-            for kind, _pts, mask in shapes:
-                label[mask] = kind + 1
-            stem = f"demo_{split}_{i + 1:06d}"
-            Image.fromarray(img).save(osp.join(root, "images", split, stem + ".jpg"), quality=95)
-            Image.fromarray(label).save(osp.join(root, "annotations", split, stem + ".png"))
-    return root
+
+    def make_image(_i):
+        img, shapes = _draw_image(rng, size, int(rng.integers(1, 6)), overlap=True, colours=colours)
+        label = np.zeros((size, size), np.uint8)
+        for kind, _pts, mask in shapes:
+            label[mask] = kind + 1
+        return img, label
+
+    return write_ade20k(root, {"training": num_train, "validation": num_val}, make_image, "demo_{split}_{i:06d}")
 
 
 _MAKERS = {"coco": make_shapes_coco, "ade20k": make_shapes_ade20k}

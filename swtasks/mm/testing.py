@@ -62,61 +62,80 @@ def _paint(img: np.ndarray, mask: np.ndarray | None, kind: int, cx: int, cy: int
         mask[sel] = label
 
 
-def make_tiny_coco(root: str, num_train: int = 4, num_val: int = 2, size: int = 64, seed: int = 0) -> str:
-    """Write a COCO-format instance-segmentation dataset under ``root`` (train2017/, val2017/,
-    annotations/instances_{train,val}2017.json). Returns ``root``."""
+def write_coco(root: str, classes, counts: dict[str, int], make_image) -> str:
+    """Write a COCO 2017-layout instance-segmentation dataset under ``root`` (``<split>/*.jpg``,
+    ``annotations/instances_<split>.json``): ``counts`` maps each split to its number of images, made in order by
+    ``make_image(i) -> (HxWx3 uint8 image, [(category index, [x, y, w, h], area, polygon), ...])``. Returns ``root``."""
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(TINY_COCO_CLASSES)]
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(classes)]
     os.makedirs(osp.join(root, "annotations"), exist_ok=True)
-    for split, n in (("train2017", num_train), ("val2017", num_val)):
+    for split, n in counts.items():
         os.makedirs(osp.join(root, split), exist_ok=True)
         images, anns = [], []
         for i in range(n):
             img_id = i + 1
-            img = _canvas(rng, size)
-            for kind, cx, cy, r in _shapes(rng, size, int(rng.integers(1, 3))):
-                _paint(img, None, kind, cx, cy, r, rng.integers(0, 256, size=3))
-                x0, y0 = cx - r, cy - r
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": img_id,
-                        "category_id": kind + 1,
-                        "bbox": [float(x0), float(y0), float(2 * r), float(2 * r)],
-                        "area": float((2 * r) ** 2 if kind == 0 else math.pi * r * r),
-                        "segmentation": [_polygon(kind, cx, cy, r)],
-                        "iscrowd": 0,
-                    }
-                )
+            img, objects = make_image(i)
+            for kind, bbox, area, polygon in objects:
+                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": kind + 1, "bbox": bbox,
+                             "area": area, "segmentation": [polygon], "iscrowd": 0})
             name = f"{img_id:012d}.jpg"
             Image.fromarray(img).save(osp.join(root, split, name), quality=95)
-            images.append({"id": img_id, "file_name": name, "width": size, "height": size})
+            images.append({"id": img_id, "file_name": name, "width": img.shape[1], "height": img.shape[0]})
         with open(osp.join(root, "annotations", f"instances_{split}.json"), "w") as f:
             json.dump({"images": images, "annotations": anns, "categories": categories}, f)
     return root
 
 
-def make_tiny_ade20k(root: str, num_train: int = 4, num_val: int = 2, size: int = 64, seed: int = 0) -> str:
-    """Write an ADE20K-format dataset under ``root`` (images/{training,validation}/*.jpg,
-    annotations/{training,validation}/*.png with labels 0..150). Returns ``root``."""
+def write_ade20k(root: str, counts: dict[str, int], make_image, stem: str) -> str:
+    """Write an ADE20K-layout segmentation dataset under ``root`` (``images/<split>/*.jpg``,
+    ``annotations/<split>/*.png``): ``counts`` maps each split to its number of images, made in order by
+    ``make_image(i) -> (HxWx3 uint8 image, HxW uint8 label map)``; file stems ``stem.format(split=, i=)``."""
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    for split, n in (("training", num_train), ("validation", num_val)):
+    for split, n in counts.items():
         os.makedirs(osp.join(root, "images", split), exist_ok=True)
         os.makedirs(osp.join(root, "annotations", split), exist_ok=True)
         for i in range(n):
-            img = _canvas(rng, size)
-            label = np.full((size, size), int(rng.integers(1, 151)), np.uint8)  # background class
-            label[: size // 8] = 0  # a strip of "other" (ignored after reduce_zero_label)
-            for kind, cx, cy, r in _shapes(rng, size, int(rng.integers(1, 4))):
-                _paint(img, label, kind, cx, cy, r, rng.integers(0, 256, size=3), int(rng.integers(1, 151)))
-            stem = f"ADE_{split[:5]}_{i + 1:08d}"
-            Image.fromarray(img).save(osp.join(root, "images", split, stem + ".jpg"), quality=95)
-            Image.fromarray(label).save(osp.join(root, "annotations", split, stem + ".png"))
+            img, label = make_image(i)
+            name = stem.format(split=split, i=i + 1)
+            Image.fromarray(img).save(osp.join(root, "images", split, name + ".jpg"), quality=95)
+            Image.fromarray(label).save(osp.join(root, "annotations", split, name + ".png"))
     return root
+
+
+def make_tiny_coco(root: str, num_train: int = 4, num_val: int = 2, size: int = 64, seed: int = 0) -> str:
+    """Write a COCO-format instance-segmentation dataset under ``root`` (train2017/, val2017/,
+    annotations/instances_{train,val}2017.json). Returns ``root``."""
+    rng = np.random.default_rng(seed)
+
+    def make_image(_i):
+        img = _canvas(rng, size)
+        objects = []
+        for kind, cx, cy, r in _shapes(rng, size, int(rng.integers(1, 3))):
+            _paint(img, None, kind, cx, cy, r, rng.integers(0, 256, size=3))
+            area = float((2 * r) ** 2 if kind == 0 else math.pi * r * r)
+            objects.append((kind, [float(cx - r), float(cy - r), float(2 * r), float(2 * r)], area,
+                            _polygon(kind, cx, cy, r)))
+        return img, objects
+
+    return write_coco(root, TINY_COCO_CLASSES, {"train2017": num_train, "val2017": num_val}, make_image)
+
+
+def make_tiny_ade20k(root: str, num_train: int = 4, num_val: int = 2, size: int = 64, seed: int = 0) -> str:
+    """Write an ADE20K-format dataset under ``root`` (images/{training,validation}/*.jpg,
+    annotations/{training,validation}/*.png with labels 0..150). Returns ``root``."""
+    rng = np.random.default_rng(seed)
+
+    def make_image(_i):
+        img = _canvas(rng, size)
+        label = np.full((size, size), int(rng.integers(1, 151)), np.uint8)  # background class
+        label[: size // 8] = 0  # a strip of "other" (ignored after reduce_zero_label)
+        for kind, cx, cy, r in _shapes(rng, size, int(rng.integers(1, 4))):
+            _paint(img, label, kind, cx, cy, r, rng.integers(0, 256, size=3), int(rng.integers(1, 151)))
+        return img, label
+
+    return write_ade20k(root, {"training": num_train, "validation": num_val}, make_image, "ADE_{split:.5}_{i:08d}")
 
 
 def pipeline_samples(config: str, data_root: str, split: str = "test"):
