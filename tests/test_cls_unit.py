@@ -275,7 +275,7 @@ def test_sync_batchnorm_conversion(device, kind):
     """BatchNorm -> torch's SyncBatchNorm on GPUs, the all-reduce BatchNorm on CPU (gloo); parameters and
     buffers are the same objects, so the optimiser and the EMA (plain BN) stay aligned."""
     from swtasks.cls import ClassificationModule
-    from swtasks.cls.syncbn import AllReduceBatchNorm, convert_sync_batchnorm
+    from swtasks.layers.syncbn import AllReduceBatchNorm, convert_sync_batchnorm
 
     kind = AllReduceBatchNorm if kind == "AllReduceBatchNorm" else kind
     m = ClassificationModule("shiftwise_atto", num_classes=3, backbone_kwargs=TINY, ema_decay=0.9)

@@ -24,6 +24,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..checkpoint import NonFiniteWeightsError, adapter_of, check_finite, compare_state_dicts, format_mismatch
+from ..layers.syncbn import convert_sync_batchnorm
 from ..models.param_groups import param_groups
 from . import finetune
 from .ema import ModelEMA
@@ -31,7 +32,6 @@ from .errors import InputError, NonFiniteLossError
 from .finetune import classifier_prefix, load_weights
 from .mix import MixUpCutMix, soft_target_cross_entropy
 from .optim import WarmupCosine
-from .syncbn import convert_sync_batchnorm
 from .transforms import data_config
 
 EMA_PREFIX = "ema.module."

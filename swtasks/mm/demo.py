@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .testing import write_ade20k, write_coco
+from .dataset_writers import write_ade20k, write_coco
 
 __all__ = [
     "DEMO_CLASSES",

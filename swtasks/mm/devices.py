@@ -10,14 +10,14 @@ mmengine 0.10 assumes CUDA in four places, each handled here and only here:
   modules; :class:`CPUDistributedDataParallel` drops them.
 - SyncBN: ``torch.nn.SyncBatchNorm`` refuses CPU tensors in a distributed forward. The CPU wrapper turns every
   SyncBatchNorm (a config's ``norm_cfg=dict(type='SyncBN')``, or ``sync_bn='torch'``) into the all-reduce
-  BatchNorm of classification (``swtasks.cls.syncbn.AllReduceBatchNorm``: statistics over all processes,
+  BatchNorm of classification (``swtasks.layers.syncbn.AllReduceBatchNorm``: statistics over all processes,
   the same parameters and buffers). Plain BatchNorm stays per process, as on GPUs.
 - ``AmpOptimWrapper`` asserts CUDA. Without it ``--amp`` means bfloat16 autocast on the CPU for the dense
   parts of the model (:class:`CPUAutocastOptimWrapper`): bfloat16 has float32's exponent range, so no loss
   scaling.
   :class:`AmpReportHook` logs the loss scale (float16 on GPUs) and counts non-finite losses and skipped steps.
 
-Imports mmengine only; swtasks.cls.syncbn (torch only) is imported when a CPU run has SyncBN layers.
+Imports mmengine, and swtasks.layers.syncbn (torch only) for the CPU all-reduce BatchNorm.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import HOOKS, MODEL_WRAPPERS, OPTIM_WRAPPERS
 
 from swtasks.errors import UserError
+from swtasks.layers.syncbn import convert_sync_batchnorm
 
 __all__ = [
     "AmpReportHook",
@@ -122,8 +123,6 @@ def _sync_bn_to_all_reduce(module: torch.nn.Module) -> int:
     for name, child in module.named_children():
         if isinstance(child, torch.nn.SyncBatchNorm):
             from mmengine.model import revert_sync_batchnorm
-
-            from swtasks.cls.syncbn import convert_sync_batchnorm
 
             setattr(module, name, convert_sync_batchnorm(revert_sync_batchnorm(child), torch.device("cpu")))
             count += 1
