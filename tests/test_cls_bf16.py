@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
+from helpers import run_cli
 from lightning.pytorch.callbacks import Callback
 
-from swtasks.cls.cli import main
 from swtasks.cls.synthetic import write_image_folder
 from swtasks.layers.shiftwise import ShiftWiseConv2d
 from swtasks.ops.cross_torch import cross_conv_torch
@@ -95,13 +94,12 @@ def test_fit_bf16_mixed_a_few_steps(tmp_path, monkeypatch):
     folder = write_image_folder(str(tmp_path / "data"), num_classes=3, train_per_class=6, val_per_class=2,
                                 image_size=32)
     tiny = json.dumps({"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": [9, 5, 3, 3]})
-    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
-    main(["fit", "--model.backbone", "shiftwise_atto", "--model.num_classes", "3", "--model.backbone_kwargs", tiny,
+    run_cli(["fit", "--model.backbone", "shiftwise_atto", "--model.num_classes", "3", "--model.backbone_kwargs", tiny,
           "--data.root", folder, "--data.image_size", "32", "--data.batch_size", "6", "--data.num_workers", "0",
           "--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "4",
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
           "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
-          "--trainer.callbacks+", "test_cls_bf16.RecordDtypes"])  # fmt: skip
+          "--trainer.callbacks+", "test_cls_bf16.RecordDtypes"], monkeypatch)  # fmt: skip
     seen = RecordDtypes.seen
     assert len(seen["losses"]) == 4 and all(math.isfinite(v) for v in seen["losses"])
     assert seen["params"] == {"torch.float32"}

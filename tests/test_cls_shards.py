@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 from cls_helpers import RECIPE, assert_same, state_of
+from helpers import run_cli, tool
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from swtasks.cls.cli import main
 from swtasks.cls.data import ImageClassificationDataModule
 from swtasks.cls.synthetic import write_image_folder
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-import make_shards  # noqa: E402
+make_shards = tool("make_shards")
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +110,7 @@ def fit(cfg: dict, root: Path, monkeypatch, *extra: str) -> None:
     cfg = {**cfg, "trainer": {**cfg["trainer"], "default_root_dir": str(root)}}
     root.mkdir(parents=True, exist_ok=True)
     (root / "cfg.yaml").write_text(json.dumps(cfg))
-    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
-    main(["fit", "--config", str(root / "cfg.yaml"), *extra])
+    run_cli(["fit", "--config", str(root / "cfg.yaml"), *extra], monkeypatch)
 
 
 def test_crash_mid_epoch_on_shards_resumes_to_the_uninterrupted_folder_run(tmp_path, monkeypatch):
@@ -170,13 +166,12 @@ def damaged(shards: Path, tmp_path: Path, how: str) -> tuple[Path, str]:
 @pytest.mark.parametrize("how", ["missing_index", "truncated", "classes", "garbage_index"])
 def test_damaged_shards_stop_with_one_line_naming_the_file(shards, tmp_path, monkeypatch, capsys, how):
     root, name = damaged(shards, tmp_path, how)
-    monkeypatch.setattr(sys, "argv", ["train_cls.py"])
     tiny = json.dumps({"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": [5, 3, 3, 3]})
     with pytest.raises(SystemExit) as e:
-        main(["fit", "--model.backbone", "shiftwise_atto", "--model.num_classes", "3", "--model.backbone_kwargs",
+        run_cli(["fit", "--model.backbone", "shiftwise_atto", "--model.num_classes", "3", "--model.backbone_kwargs",
               tiny, "--data.root", str(root), "--data.format", "webdataset", "--data.num_workers", "0",
               "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.max_steps", "1",
-              "--trainer.default_root_dir", str(tmp_path / "run")])  # fmt: skip
+              "--trainer.default_root_dir", str(tmp_path / "run")], monkeypatch)  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and name in err, err
 
