@@ -5,7 +5,8 @@ another test module; fixtures live in conftest.py). Nothing here is a test.
 - ``randomize``: random BatchNorm statistics/affines and layer scales, so that every term a re-parameterisation
   folds matters; ``randomize_parameters``: every parameter and BatchNorm statistic random (the reference
   networks' weights of the converter tests);
-- ``images``, ``assert_checkpointing_is_exact``, ``run_cli`` (tools/train_cls.py in-process);
+- ``images``, ``assert_checkpointing_is_exact``, ``run_cli`` (tools/train_cls.py in-process),
+  ``make_coco_3_7_11`` (a tiny COCO set whose category ids are not 1..N);
 - the shift-wise reference network (``RefNet``, ``random_reference``, ``convert_shiftwise_official``): a minimal
   re-statement of the reference implementation's forward (spec: shiftwise-network.md, shiftwise-operator.md
   section 4) with its state-dict layout and its operator output order [rep channels..., ghost channels...],
@@ -17,6 +18,7 @@ another test module; fixtures live in conftest.py). Nothing here is a test.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -49,6 +51,25 @@ def run_cli(args, monkeypatch) -> None:
 
     monkeypatch.setattr(sys, "argv", ["train_cls.py"])
     main(args)
+
+
+COCO_3_7_11 = {3: "cat", 7: "dog", 11: "fox"}
+
+
+def make_coco_3_7_11(root: str, num_val: int = 2, size: int = 64) -> str:
+    """The tiny COCO fixture (swtasks.mm.testing) with three categories of ids 3, 7, 11 (COCO_3_7_11, file
+    order cat, dog, fox), the annotations assigned to them in turn."""
+    from swtasks.mm.testing import make_tiny_coco
+
+    make_tiny_coco(root, num_train=4, num_val=num_val, size=size)
+    for split in ("train2017", "val2017"):
+        path = Path(root) / "annotations" / f"instances_{split}.json"
+        data = json.loads(path.read_text())
+        data["categories"] = [{"id": i, "name": n, "supercategory": "x"} for i, n in COCO_3_7_11.items()]
+        for k, ann in enumerate(data["annotations"]):
+            ann["category_id"] = (3, 7, 11)[k % 3]
+        path.write_text(json.dumps(data))
+    return root
 
 
 # ------------------------------------------------------------------------------------------ random weights

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import randomize_parameters, tool
+from helpers import assert_checkpointing_is_exact, randomize_parameters, tool
 
 import swtasks
 from swtasks.checkpoint import CheckpointMismatchError
@@ -668,20 +668,8 @@ def test_layer_ids_weight_decay_and_grad_checkpointing():
     cn = swtasks.create_model("kw_convnext_t_1x", depths=(1, 1, 2, 1), dims=(16, 24, 32, 40))
     assert cn.layer_id("stages.2.1.pwconv1.attention.fc2.weight", 12) == 3
     assert cn.layer_id("warehouse_manager.weights.0", 12) == 0  # the stem's warehouse
-    # activation checkpointing: the same outputs and gradients
-    x = torch.randn(2, 3, 64, 64)
-    model.train()
-    torch.manual_seed(1)
-    a = model(x)
-    a.sum().backward()
-    g = model.warehouse_manager.weights[1].grad.clone()
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    torch.manual_seed(1)
-    b = model(x)
-    b.sum().backward()
-    torch.testing.assert_close(a, b)
-    torch.testing.assert_close(model.warehouse_manager.weights[1].grad, g)
+    # activation checkpointing: the same outputs, gradients and BatchNorm statistics
+    assert_checkpointing_is_exact(lambda: swtasks.create_model("kw_resnet18_1x", num_classes=4), torch.randn(2, 3, 64, 64))
     assert model.reparameterize() is model
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from helpers import randomize
 
 pytestmark = pytest.mark.mm
 
@@ -27,15 +28,7 @@ def _cls_model(seed=0, **kw):
 
     torch.manual_seed(seed)
     model = swtasks.create_model("shiftwise_atto", num_classes=10, layer_scale_init_value=1.0, **kw)
-    with torch.no_grad():  # non-trivial statistics and GRN, so that loads and folds are really tested
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-            if getattr(m, "gamma", None) is not None and m.gamma.dim() == 4:
-                m.gamma.normal_(0, 0.5)
-    return model
+    return randomize(model, seed)  # non-trivial statistics, layer scales and GRN: loads and folds really tested
 
 
 def _lightning_ckpt(model, path, ema=None):

@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import COCO_3_7_11, make_coco_3_7_11
 from PIL import Image
 
 import swtasks.mm  # noqa: F401  (registers the backbones; mmengine compatibility)
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.mm
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET = osp.join(ROOT, "configs/det/mask-rcnn_shiftwise-atto_fpn_2iter_tiny-coco.py")
 SEG = osp.join(ROOT, "configs/seg/upernet_shiftwise-atto_2iter_tiny-ade20k-64x64.py")
-NAMES = {3: "cat", 7: "dog", 11: "fox"}
+NAMES = COCO_3_7_11
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +33,9 @@ def det(tmp_path_factory):
     """Mask R-CNN (ShiftWiseNet-atto) trained for 2 iterations on 96 px images (resized to 64 by the config:
     predictions must come back in the original pixels) with categories 3, 7, 11."""
     from swtasks.mm.cli import main
-    from swtasks.mm.testing import make_tiny_coco
 
     base = tmp_path_factory.mktemp("infer_det")
-    root = make_tiny_coco(str(base / "coco"), num_train=4, num_val=3, size=96)
-    for split in ("train2017", "val2017"):
-        path = osp.join(root, "annotations", f"instances_{split}.json")
-        with open(path) as f:
-            data = json.load(f)
-        data["categories"] = [{"id": i, "name": n, "supercategory": "x"} for i, n in NAMES.items()]
-        for k, ann in enumerate(data["annotations"]):
-            ann["category_id"] = (3, 7, 11)[k % 3]
-        with open(path, "w") as f:
-            json.dump(data, f)
+    root = make_coco_3_7_11(str(base / "coco"), num_val=3, size=96)
     work = str(base / "work")
     main("det", "train", [DET, "--data-root", root, "--work-dir", work, "--cfg-options", "randomness.seed=0"])
     return dict(root=root, work=work, ckpt=osp.join(work, "iter_2.pth"), base=base,

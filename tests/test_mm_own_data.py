@@ -10,6 +10,7 @@ import os.path as osp
 
 import numpy as np
 import pytest
+from helpers import COCO_3_7_11, make_coco_3_7_11
 from PIL import Image
 
 import swtasks.mm  # noqa: F401  (registers the backbones; mmengine compatibility)
@@ -20,24 +21,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET = osp.join(ROOT, "configs/det/mask-rcnn_shiftwise-atto_fpn_2iter_tiny-coco.py")
 CASCADE = osp.join(ROOT, "configs/det/cascade-mask-rcnn_shiftwise-tiny_fpn_ms-3x_coco.py")
 SEG = osp.join(ROOT, "configs/seg/upernet_shiftwise-atto_2iter_tiny-ade20k-64x64.py")
-NAMES = {3: "cat", 7: "dog", 11: "fox"}
-
-
-def make_coco_3_7_11(root: str) -> str:
-    """The tiny COCO fixture with three categories of ids 3, 7, 11 (file order cat, dog, fox)."""
-    from swtasks.mm.testing import make_tiny_coco
-
-    make_tiny_coco(root, num_train=4, num_val=2, size=64)
-    for split in ("train2017", "val2017"):
-        path = osp.join(root, "annotations", f"instances_{split}.json")
-        with open(path) as f:
-            data = json.load(f)
-        data["categories"] = [{"id": i, "name": n, "supercategory": "x"} for i, n in NAMES.items()]
-        for k, ann in enumerate(data["annotations"]):
-            ann["category_id"] = (3, 7, 11)[k % 3]
-        with open(path, "w") as f:
-            json.dump(data, f)
-    return root
+NAMES = COCO_3_7_11
 
 
 def load(task, mode, argv):

@@ -163,15 +163,7 @@ def ours(**kw):
 
 @pytest.mark.parametrize("k", sorted(DRB_TABLE))
 def test_drb_matches_the_published_block_and_merges_exactly(k):
-    torch.manual_seed(k)
-    ref = RefDRB(4, k).double()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.normal_(0, 0.5)
-        for m in ref.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.3), m.running_var.uniform_(0.5, 1.5)
-    ref.eval()
+    ref = randomize_parameters(RefDRB(4, k), seed=k).double().eval()
     drb = DilatedReparamBlock(4, k).double().eval()
     drb.load_state_dict(ref.state_dict())
     assert [(kk, r) for kk, r in drb.branches] == list(zip(*DRB_TABLE[k]))
