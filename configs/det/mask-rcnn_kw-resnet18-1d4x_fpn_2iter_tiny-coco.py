@@ -17,4 +17,5 @@ model = dict(
         norm_eval=True,
         init_cfg=None),
     neck=dict(in_channels=chans))
+# the KW recipe's AdamW without layer decay; _delete_: no num_layers (the base chain's 12 dropped, as the recipe)
 optim_wrapper = dict(paramwise_cfg=dict(_delete_=True, decay_rate=1.0, decay_type='layer_wise'))
