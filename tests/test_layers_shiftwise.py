@@ -11,22 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import randomize_parameters
 
 from swtasks.layers import ShiftWiseConv2d
 from swtasks.ops import shiftwise_reference, shiftwise_tables
-
-
-def _randomize(m: ShiftWiseConv2d, seed: int = 0) -> ShiftWiseConv2d:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.3)
-        for bn in (m.bn_h, m.bn_v, m.bn_s):
-            R = bn.num_features
-            bn.running_mean.copy_(torch.randn(R, generator=gen) * 0.5)
-            bn.running_var.copy_(torch.rand(R, generator=gen) + 0.5)
-            bn.weight.copy_(torch.randn(R, generator=gen))
-            bn.bias.copy_(torch.randn(R, generator=gen))
-    return m
 
 
 def _expected(m: ShiftWiseConv2d, x: torch.Tensor, bns=None) -> torch.Tensor:
@@ -69,7 +57,7 @@ def test_attributes_and_buffers():
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_forward_and_grads_match_literal(cfg):
     C, K, k, g, P, n_rep, H, W = cfg
-    m = _randomize(ShiftWiseConv2d(C, K, k, ghost_ratio=g, n_path=P, n_rep=n_rep, backend="torch").double())
+    m = randomize_parameters(ShiftWiseConv2d(C, K, k, ghost_ratio=g, n_path=P, n_rep=n_rep, backend="torch").double())
     x = torch.randn(2, C, H, W, dtype=torch.float64)
 
     # eval: running statistics
@@ -98,7 +86,7 @@ def test_forward_and_grads_match_literal(cfg):
 @pytest.mark.parametrize("cfg", CONFIGS[:3])
 def test_dense_kernel_equivalence(cfg):
     C, K, k, g, P, n_rep, H, W = cfg
-    m = _randomize(ShiftWiseConv2d(C, K, k, ghost_ratio=g, n_path=P, n_rep=n_rep).double(), seed=3)
+    m = randomize_parameters(ShiftWiseConv2d(C, K, k, ghost_ratio=g, n_path=P, n_rep=n_rep).double(), seed=3)
     x_r = torch.randn(1, m.rep_channels, H, W, dtype=torch.float64)
     kd = m.dense_kernel()
     L, lo = m.strip_len, K // 2
@@ -120,7 +108,7 @@ def _rel_err(a, b):
 def test_reparameterize_equal_in_eval(cfg):
     C, K, k, g, P, n_rep, H, W = cfg
     torch.manual_seed(0)
-    m = _randomize(ShiftWiseConv2d(C, K, k, ghost_ratio=g, n_path=P, n_rep=n_rep, backend="torch"), seed=5)
+    m = randomize_parameters(ShiftWiseConv2d(C, K, k, ghost_ratio=g, n_path=P, n_rep=n_rep, backend="torch"), seed=5)
     mask = (torch.rand(P, m.rep_channels * m.n_small) > 0.3).float()
     m.set_kernel_mask(mask)
     m.eval()
@@ -161,7 +149,7 @@ def test_fresh_deploy_module_is_identity():
 
 def test_kernel_mask():
     C, K, k, P = 8, 13, 3, 2
-    m = _randomize(ShiftWiseConv2d(C, K, k, n_path=P, backend="torch").double(), seed=7).eval()
+    m = randomize_parameters(ShiftWiseConv2d(C, K, k, n_path=P, backend="torch").double(), seed=7).eval()
     RN = m.rep_channels * m.n_small
     mask = torch.ones(P, RN, dtype=torch.float64)
     mask[0, ::3] = 0
@@ -226,7 +214,7 @@ def test_construction_leaves_global_rng_alone():
 
 
 def test_input_layouts_and_dtypes():
-    m = _randomize(ShiftWiseConv2d(8, 13, backend="torch"), seed=2).eval()
+    m = randomize_parameters(ShiftWiseConv2d(8, 13, backend="torch"), seed=2).eval()
     x = torch.randn(2, 8, 10, 11)
     ref = m(x)
     torch.testing.assert_close(m(x.contiguous(memory_format=torch.channels_last)), ref)
@@ -273,7 +261,7 @@ def test_bad_forward_input():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_torch_backend_matches_cpu_and_is_deterministic():
-    m = _randomize(ShiftWiseConv2d(16, 51, backend="torch"), seed=4)
+    m = randomize_parameters(ShiftWiseConv2d(16, 51, backend="torch"), seed=4)
     x = torch.randn(2, 16, 20, 23)
     ref = m(x)
     mc = copy.deepcopy(m).cuda()
@@ -338,7 +326,7 @@ def test_triton_layer_matches_torch_layer(variant):
     from swtasks.ops.triton_cross import LAUNCHES
 
     torch.manual_seed(3)
-    ref = _randomize(ShiftWiseConv2d(8, 13, backend="torch"), seed=9)
+    ref = randomize_parameters(ShiftWiseConv2d(8, 13, backend="torch"), seed=9)
     tri = copy.deepcopy(ref)
     tri.backend, tri.variant = "triton", variant
     x = torch.randn(2, 8, 9, 7)
