@@ -304,14 +304,33 @@ def _trace_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool,
     return program
 
 
+@contextlib.contextmanager
+def _quiet_onnx_loggers() -> Iterator[None]:
+    """The exporter's optimizer warns about nodes it evaluates while folding constants (messages for its
+    developers, e.g. on the ScatterND nodes that build the shift-wise blocks' full-channel kernels from their
+    weights; ONNX Runtime folds those when it loads the file): errors only within the block."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _write_onnx(model, example, path, *, dynamic_batch, opset, output_names, hw=None) -> int:
     _require_onnx()
     program = _trace_program(model, example, dynamic_batch, hw)
     try:
-        onnx_program = torch.onnx.export(
-            program, dynamo=True, opset_version=opset, input_names=["images"], output_names=output_names,
-            verbose=False,
-        )
+        with _quiet_onnx_loggers():
+            onnx_program = torch.onnx.export(
+                program, dynamo=True, opset_version=opset, input_names=["images"], output_names=output_names,
+                verbose=False,
+            )
     except Exception as err:
         raise ExportError(
             f"the ONNX exporter (opset {opset}) failed on {type(model).__name__}: {err}"

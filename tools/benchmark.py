@@ -6,6 +6,8 @@ training and deploy structures, all models measured interleaved (ratios hold on 
     tools/benchmark.py shiftwise_tiny torchvision:convnext_tiny --device cpu --batch-size 8 --threads 2
     tools/benchmark.py shiftwise_tiny unireplknet_t slak_t convnext_t --device cuda --batch-size 64 \\
         --amp bf16 --markdown benchmarks/gpu.md --csv gpu.csv
+    tools/benchmark.py shiftwise_tiny convnext_t --structures deploy --modes inference,latency --threads 2 \\
+        --runtime onnxruntime,onnxruntime-int8      # eager PyTorch beside the exported deploy file in ONNX Runtime
 
 MODEL: a registry name (see swtasks.list_models()), an fnmatch pattern of them, torchvision:NAME or timm:NAME,
 the last two optionally converted to shift-wise kernels with +swK (torchvision:convnext_tiny+sw51).
@@ -33,7 +35,7 @@ def _csv_list(choices):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from swtasks.analysis.benchmark import MODES, STRUCTURES
+    from swtasks.analysis.benchmark import MODES, RUNTIMES, STRUCTURES
     from swtasks.cliutil import add_override_option
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modes", type=_csv_list(MODES), default=list(MODES), help=f"default {','.join(MODES)}")
     p.add_argument("--structures", type=_csv_list(STRUCTURES), default=list(STRUCTURES),
                    help=f"default {','.join(STRUCTURES)}")
+    p.add_argument("--runtime", type=_csv_list(RUNTIMES[1:]), default=[],
+                   help=f"also run the exported deploy structure in {' / '.join(RUNTIMES[1:])} (comma-separated; "
+                        "rows beside eager PyTorch's, same threads and batch; needs the export extra)")
     p.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype (default fp32)")
@@ -81,7 +86,7 @@ def main(argv=None) -> int:
         structures=args.structures, channels_last=args.channels_last, compile=args.compile, amp=args.amp,
         repeats=args.repeats, warmup=args.warmup, memory=not args.no_memory, profile=args.profile,
         baseline=args.baseline,
-        drop_path_rate=args.drop_path, show_progress=not args.no_progress,
+        drop_path_rate=args.drop_path, show_progress=not args.no_progress, runtimes=["eager", *args.runtime],
     )  # fmt: skip
     env["load average at end"] = bm.environment(args.device).get("load average (1/5/15 min)", "n/a")
     print(bm.format_table(results))

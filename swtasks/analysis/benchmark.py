@@ -26,6 +26,15 @@ train rows), or either with `+swK` (converted by swtasks.layers.to_shiftwise to 
 to the maps of the benchmark's input; its deploy structure is the folded one).
 Registry models whose deploy build has the same parameters as the training build are measured once too.
 
+Runtimes (`runtimes`, tools/benchmark.py `--runtime`): `eager` is PyTorch as above; `onnxruntime` adds rows for
+the deploy structure exported to ONNX (swtasks.export.export_module: a dynamic batch, checked against the eager
+model) and run in ONNX Runtime on the CPU with the same threads (`torch.get_num_threads()`, idle threads
+sleeping; swtasks.quantize.ort_session); `onnxruntime-int8` the same file quantised to INT8 (swtasks.quantize:
+QDQ, per-channel weights), calibrated on seeded random images - a speed measurement only (what INT8 does to
+the predictions: tools/export.py --int8 on real images). Runtime rows are inference and latency cases of the
+deploy structure, interleaved with the eager cases of the same mode; their `rel.` divides by the baseline
+model in the same runtime. No peak memory or profile for them (PyTorch's profiler does not see ONNX Runtime).
+
 Imports torch, torchvision and swtasks.models only; progress bars via swtasks.analysis.progress.
 """
 
@@ -34,11 +43,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import functools
 import os
 import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +66,7 @@ from .select import FOREIGN_PREFIXES, resolve_models
 
 __all__ = [
     "MODES",
+    "RUNTIMES",
     "STRUCTURES",
     "BenchmarkResult",
     "ModelSpec",
@@ -70,8 +82,9 @@ __all__ = [
 
 MODES = ("inference", "train_step", "latency")
 STRUCTURES = ("train", "deploy")
+RUNTIMES = ("eager", "onnxruntime", "onnxruntime-int8")
 CSV_COLUMNS = (
-    "model", "structure", "mode", "batch_size", "image_size", "images_per_s", "images_per_s_min",
+    "model", "structure", "runtime", "mode", "batch_size", "image_size", "images_per_s", "images_per_s_min",
     "images_per_s_max", "ms_per_batch", "rel_to_baseline", "rel_min", "rel_max", "baseline", "cpu_ms_per_batch",
     "rel_cpu", "peak_mem_mib", "params_m", "samples", "iters_per_sample", "device", "dtype", "channels_last",
     "compile", "note",
@@ -120,6 +133,7 @@ class BenchmarkResult:
     times: list[float] = field(default_factory=list, repr=False)  # seconds per iteration, one per round
     cpu_times: list[float] = field(default_factory=list, repr=False)
     breakdown: Any = field(default=None, repr=False)  # swtasks.analysis.profile.Breakdown with profile=True
+    runtime: str = "eager"  # or the runtime the exported deploy structure ran in (RUNTIMES)
 
     def as_row(self) -> dict[str, Any]:
         d = asdict(self)
@@ -211,14 +225,15 @@ def _tensor_bytes(tensors) -> int:
 # ------------------------------------------------------------------------------------------------ cases
 @dataclass
 class _Case:
-    label: tuple[str, str, str]  # (model, structure, mode)
+    label: tuple[str, str, str, str]  # (model, structure, mode, runtime)
     batch_size: int
     run: Callable[[], Any]
     resident: Callable[[], int]
     params_m: float
     note: str = ""
-    alias_of: tuple[str, str, str] | None = None  # measured once under another structure's label
+    alias_of: tuple[str, str, str, str] | None = None  # measured once under another structure's label
     iters: int = 1
+    runtime: str = "eager"
     times: list[float] = field(default_factory=list)
     cpu_times: list[float] = field(default_factory=list)
 
@@ -308,6 +323,7 @@ def run_benchmark(
     drop_path_rate: float = 0.0,
     seed: int = 0,
     show_progress: bool = True,
+    runtimes: Sequence[str] = ("eager",),
 ) -> list[BenchmarkResult]:
     """Measure every (model, structure, mode) interleaved; see the module docstring.
 
@@ -315,7 +331,8 @@ def run_benchmark(
     baseline: the model the `rel_to_baseline` column divides by (default: `convnext_t` or
     `torchvision:convnext_tiny` when measured, else the first model). amp: 'none', 'bf16' or 'fp16'
     (torch.autocast; fp16 training uses a GradScaler). profile: also profile one call of every inference
-    and training-step case (swtasks.analysis.profile) into `result.breakdown`."""
+    and training-step case (swtasks.analysis.profile) into `result.breakdown`. runtimes: among RUNTIMES (see the
+    module docstring); a runtime other than eager needs the CPU, fp32 and the deploy structure."""
     specs = [m if isinstance(m, ModelSpec) else ModelSpec(m) for m in models]
     if not specs:
         raise AnalysisError("no models to benchmark")
@@ -329,6 +346,16 @@ def run_benchmark(
         raise AnalysisError(f"structures must be among {STRUCTURES}, got {list(structures)}")
     if batch_size < 1 or image_size < 1:
         raise AnalysisError(f"batch_size and image_size must be >= 1, got {batch_size} and {image_size}")
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad or not runtimes:
+        raise AnalysisError(f"runtimes must be among {RUNTIMES}, got {list(runtimes)}")
+    exported = [r for r in runtimes if r != "eager"]
+    if exported and (torch.device(device).type != "cpu" or amp != "none" or compile or channels_last):
+        raise AnalysisError(f"runtime {exported[0]} is measured on the CPU in fp32 (no --amp, --compile or "
+                            f"--channels-last), got device {device!r}, amp {amp!r}, compile {compile}, "
+                            f"channels_last {channels_last}")
+    if exported and "deploy" not in structures:
+        raise AnalysisError(f"runtime {exported[0]} runs the deploy structure: add 'deploy' to the structures")
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, "bad")
     if amp_dtype == "bad":
         raise AnalysisError(f"amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
@@ -348,38 +375,84 @@ def run_benchmark(
         raise AnalysisError(f"baseline {baseline!r} is not among the measured models {names}")
 
     cases: list[_Case] = []
-    with Progress(len(specs) * len(structures), "building models", disable=not show_progress) as bar:
-        for spec in specs:
-            built: list[tuple[str, list, nn.Module]] = []  # (structure, signature, module as run)
-            for structure in structures:
-                bar.set_description(f"building {spec.name} ({structure})")
-                model = build_model(spec, structure, num_classes, drop_path_rate, image_size)
-                sig, note, alias = _signature(model), "", None
-                same = [b for b in built if b[1] == sig]
-                if same:
-                    alias, model = same[0][0], same[0][2]
-                    note = f"no separate {structure} structure: measured as {alias}"
-                else:
-                    model = model.to(dev)
-                    if channels_last:
-                        model = model.to(memory_format=torch.channels_last)
-                    if compile:
-                        model = torch.compile(model)
-                built.append((structure, sig, model))
-                for mode in modes:
-                    if mode == "train_step" and structure == "deploy":
-                        continue  # the deploy structure is for inference
-                    label = (spec.name, structure, mode)
-                    if alias is not None and (spec.name, alias, mode) in {c.label for c in cases}:
-                        cases.append(_Case(label, 1 if mode == "latency" else batch_size, lambda: None, lambda: 0,
-                                           _params_m(model), note, alias_of=(spec.name, alias, mode)))
-                        continue
-                    bs = 1 if mode == "latency" else batch_size
-                    run, resident = _make_runs(model, mode, bs, image_size, dev, channels_last, amp_dtype,
-                                               num_classes, seed)
-                    cases.append(_Case(label, bs, run, resident, _params_m(model), note))
-                bar.update()
+    with tempfile.TemporaryDirectory(prefix="swtasks-bench-") if exported else contextlib.nullcontext("") as folder:
+        # the exported files live until the measurement is done
+        with Progress(len(specs) * len(structures), "building models", disable=not show_progress) as bar:
+            for spec in specs:
+                built: list[tuple[str, list, nn.Module]] = []  # (structure, signature, module as run)
+                for structure in structures:
+                    bar.set_description(f"building {spec.name} ({structure})")
+                    model = build_model(spec, structure, num_classes, drop_path_rate, image_size)
+                    sig, note, alias = _signature(model), "", None
+                    same = [b for b in built if b[1] == sig]
+                    if same:
+                        alias, model = same[0][0], same[0][2]
+                        note = f"no separate {structure} structure: measured as {alias}"
+                    else:
+                        model = model.to(dev)
+                        if channels_last:
+                            model = model.to(memory_format=torch.channels_last)
+                        if compile:
+                            model = torch.compile(model)
+                    built.append((structure, sig, model))
+                    for mode in modes:
+                        if mode == "train_step" and structure == "deploy":
+                            continue  # the deploy structure is for inference
+                        label = (spec.name, structure, mode, "eager")
+                        if alias is not None and (spec.name, alias, mode, "eager") in {c.label for c in cases}:
+                            cases.append(_Case(label, 1 if mode == "latency" else batch_size, lambda: None,
+                                               lambda: 0, _params_m(model), note,
+                                               alias_of=(spec.name, alias, mode, "eager")))
+                            continue
+                        bs = 1 if mode == "latency" else batch_size
+                        run, resident = _make_runs(model, mode, bs, image_size, dev, channels_last, amp_dtype,
+                                                   num_classes, seed)
+                        cases.append(_Case(label, bs, run, resident, _params_m(model), note))
+                    if structure == "deploy" and exported:
+                        bar.set_description(f"exporting {spec.name} (deploy) to ONNX")
+                        cases += _runtime_cases(spec.name, model, exported, modes, batch_size, image_size, folder,
+                                                seed)
+                    bar.update()
 
+        return _measure(cases, dev, batch_size, image_size, repeats, warmup, min_sample_s, memory, profile,
+                        show_progress, amp, amp_dtype, channels_last, compile, baseline, cuda)
+
+
+def _runtime_cases(name: str, model: nn.Module, runtimes: Sequence[str], modes: Sequence[str], batch_size: int,
+                   image_size: int, folder: str, seed: int) -> list[_Case]:
+    """The inference / latency cases of `model` (its deploy structure, on the CPU) in ONNX Runtime, fp32 and/or
+    INT8: exported with a dynamic batch (checked against the eager model), sessions with torch's threads."""
+    import numpy as np
+
+    from swtasks.export import export_module
+    from swtasks.quantize import ort_session, quantize_int8
+
+    fp32 = os.path.join(folder, f"{name.replace(':', '_').replace('/', '_')}.onnx")
+    export_module(model, fp32, image_size=image_size, dynamic_batch=True)
+    paths = {"onnxruntime": fp32}
+    if "onnxruntime-int8" in runtimes:
+        rng = np.random.default_rng(seed)
+        calibration = [rng.standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)
+                       for _ in range(2)]
+        paths["onnxruntime-int8"] = fp32[:-len(".onnx")] + ".int8.onnx"
+        quantize_int8(fp32, paths["onnxruntime-int8"], calibration)
+    cases = []
+    gen = torch.Generator().manual_seed(seed)
+    for runtime in runtimes:
+        session = ort_session(paths[runtime], torch.get_num_threads())
+        input_name = session.get_inputs()[0].name
+        for mode in modes:
+            if mode == "train_step":
+                continue
+            bs = 1 if mode == "latency" else batch_size
+            feed = {input_name: torch.randn(bs, 3, image_size, image_size, generator=gen).numpy()}
+            cases.append(_Case((name, "deploy", mode, runtime), bs, functools.partial(session.run, None, feed),
+                               lambda: 0, _params_m(model), runtime=runtime))
+    return cases
+
+
+def _measure(cases, dev, batch_size, image_size, repeats, warmup, min_sample_s, memory, profile, show_progress,
+             amp, amp_dtype, channels_last, compile, baseline, cuda) -> list[BenchmarkResult]:
     timer = _Timer(dev)
     measured = [c for c in cases if c.alias_of is None]
     # Interleave within each mode (the ratios are per mode): a training step's gigabytes of freshly freed
@@ -407,13 +480,16 @@ def run_benchmark(
     if memory:
         with Progress(len(measured), "peak memory", disable=not show_progress) as bar:
             for c in measured:
+                if c.runtime != "eager":
+                    bar.update()
+                    continue
                 resident = c.resident()
                 mem[c.label] = peak_memory_mib(c.run, dev, resident)
                 bar.update()
 
     breakdowns = {}
     if profile:
-        todo = [c for c in measured if c.label[2] != "latency"]
+        todo = [c for c in measured if c.label[2] != "latency" and c.runtime == "eager"]
         with Progress(len(todo), "profiling", disable=not show_progress) as bar:
             for c in todo:
                 breakdowns[c.label] = profile_breakdown(c.run, label=f"{c.label[0]} {c.label[1]} {c.label[2]}")
@@ -425,7 +501,7 @@ def run_benchmark(
         src = by_label[c.alias_of] if c.alias_of else c
         t = statistics.median(src.times)
         results.append(BenchmarkResult(
-            model=c.label[0], structure=c.label[1], mode=c.label[2], batch_size=c.batch_size,
+            model=c.label[0], structure=c.label[1], mode=c.label[2], runtime=c.runtime, batch_size=c.batch_size,
             image_size=image_size, images_per_s=c.batch_size / t, images_per_s_min=c.batch_size / max(src.times),
             images_per_s_max=c.batch_size / min(src.times), ms_per_batch=1e3 * t, samples=len(src.times),
             iters_per_sample=src.iters, params_m=c.params_m, device=str(dev), dtype=dtype,
@@ -439,10 +515,10 @@ def run_benchmark(
 
 
 def _relative(results: list[BenchmarkResult], baseline: str) -> None:
-    """rel_to_baseline = median over rounds of (baseline time / case time), same structure and mode."""
-    base = {(r.structure, r.mode): r for r in results if r.model == baseline}
+    """rel_to_baseline = median over rounds of (baseline time / case time), same structure, mode and runtime."""
+    base = {(r.structure, r.mode, r.runtime): r for r in results if r.model == baseline}
     for r in results:
-        b = base.get((r.structure, r.mode))
+        b = base.get((r.structure, r.mode, r.runtime))
         if b is None:
             continue
         ratios = [tb / tc for tb, tc in zip(b.times, r.times)]
@@ -499,14 +575,15 @@ def _fmt_rate(v: float) -> str:
 
 def _rows(results: Sequence[BenchmarkResult]) -> tuple[list[str], list[list[str]]]:
     cpu = any(r.cpu_ms_per_batch is not None for r in results)
-    head = ["model", "structure", "mode", "batch", "images/s", "min-max", "ms/batch", "rel.", "rel. min-max"]
+    runtimes = any(r.runtime != "eager" for r in results)  # the runtime column only when there is a choice
+    head = ["model", "structure", *(["runtime"] if runtimes else []), "mode", "batch", "images/s", "min-max", "ms/batch", "rel.", "rel. min-max"]
     head += ["CPU ms/batch", "rel. CPU"] if cpu else []
     head += ["peak MiB"]
     rows = []
     for r in results:
         rel = "-" if r.rel_to_baseline is None else f"{r.rel_to_baseline:.2f}x"
         rel_mm = "-" if r.rel_min is None else f"{r.rel_min:.2f}-{r.rel_max:.2f}"
-        row = [r.model, r.structure, r.mode, str(r.batch_size), _fmt_rate(r.images_per_s),
+        row = [r.model, r.structure, *([r.runtime] if runtimes else []), r.mode, str(r.batch_size), _fmt_rate(r.images_per_s),
                f"{_fmt_rate(r.images_per_s_min)}-{_fmt_rate(r.images_per_s_max)}", f"{r.ms_per_batch:.1f}", rel,
                rel_mm]
         if cpu:
@@ -525,7 +602,8 @@ def format_table(results: Sequence[BenchmarkResult]) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     base = next((r.baseline for r in results if r.baseline), "")
     if base:
-        lines.append(f"rel. = throughput / {base}'s in the same round (median over rounds), same structure and mode; "
+        lines.append(f"rel. = throughput / {base}'s in the same round (median over rounds), same structure, mode and "
+                     "runtime; "
                      "rel. CPU: the same on process CPU time (steadier on a loaded machine)")
     return "\n".join(lines)
 
@@ -546,7 +624,7 @@ def format_markdown(results: Sequence[BenchmarkResult], env: dict[str, str], com
     base = next((r.baseline for r in results if r.baseline), "")
     if base:
         out += ["", f"rel. = throughput relative to `{base}` in the same round (median over rounds, min-max beside "
-                "it), same structure and mode; rel. CPU: the same ratio on process CPU time (all threads), which "
+                "it), same structure, mode and runtime; rel. CPU: the same ratio on process CPU time (all threads), which "
                 "other processes on a shared machine disturb less than wall time. Peak MiB: PyTorch tensors during one call (weights and optimiser "
                 "state included; on CPU oneDNN scratch memory is not seen)."]
     notes = sorted({f"{r.model}: {r.note}" for r in results if r.note})
