@@ -568,8 +568,10 @@ def _file_settings(obj: Any, source: str) -> dict[str, Any]:
     meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
     hp = obj.get("hyper_parameters") if isinstance(obj.get("hyper_parameters"), Mapping) else {}
     out: dict[str, Any] = {}
-    refuse_loading_options({k: v for k, v in hp.items() if k not in ("trust_pickle", "allow_download")},
-                           source=source, field="hyper_parameters")
+    # never taken, inert without a file to load; _instantiator: LightningCLI records its own in every checkpoint
+    # it writes (tools/train_cls.py), and nothing here instantiates anything (swtasks.cls.io pops it too)
+    inert = ("trust_pickle", "allow_download", "_instantiator")
+    refuse_loading_options({k: v for k, v in hp.items() if k not in inert}, source=source, field="hyper_parameters")
     for where, src in (("hyper_parameters", hp), ("meta", meta)):
         n = file_num_classes(src.get("num_classes"), source=source, field=f"{where}['num_classes']")
         if n is not None:

@@ -5,7 +5,8 @@
 
 Static quantisation with ONNX Runtime's quantiser (``onnxruntime.quantization.quantize_static``): QDQ format
 (QuantizeLinear / DequantizeLinear pairs around standard operators, which every runtime reads), weights int8
-per output channel, activations uint8 per tensor with MinMax ranges from the calibration images. The fp32 file
+per output channel, activations uint8 per tensor with MinMax ranges from the calibration images; the
+convolutions and matrix products are quantised (QUANTIZED_OPS), the rest stays fp32. The fp32 file
 is first prepared by ``quant_pre_process`` (shape inference and ONNX Runtime's basic graph optimisations:
 weights computed from other weights, e.g. the shift-wise blocks' full-channel kernels, become constants the
 quantiser can see). ``keep_fp32="depthwise"`` leaves every depthwise convolution (one input channel per group:
@@ -35,10 +36,15 @@ import numpy as np
 
 from swtasks.errors import UserError
 
-__all__ = ["KEEP_FP32", "CalibrationError", "Int8Report", "compare_int8", "depthwise_conv_nodes", "ort_session",
-           "quantize_int8"]
+__all__ = ["KEEP_FP32", "QUANTIZED_OPS", "CalibrationError", "Int8Report", "compare_int8", "depthwise_conv_nodes",
+           "ort_session", "quantize_int8"]
 
 KEEP_FP32 = (None, "depthwise")
+# The operators quantised: the products and convolutions, where the time goes. The quantiser's default list also
+# takes Concat, Add, Mul, ...: it then wraps the int64 shape arithmetic of a dynamic-batch graph (the shift-wise
+# blocks' zero columns) in Q/DQ nodes, a file ONNX Runtime refuses; elementwise operators gain nothing in INT8 on
+# the CPU anyway (each Q/DQ pair is one more pass over the map).
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 
 
 class CalibrationError(UserError, ValueError):
@@ -113,7 +119,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
         try:
             quantize_static(prepared, tmp, _Reader(name, calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+                            op_types_to_quantize=list(QUANTIZED_OPS))
         finally:
             root.setLevel(level)
         ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])  # a file ONNX Runtime refuses is not written

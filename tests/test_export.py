@@ -289,3 +289,23 @@ def test_dynamic_hw_catches_a_size_dependent_python_decision(tmp_path):
         with pytest.raises(ExportError, match=message):
             export_module(model(), tmp_path / name, image_size=96, dynamic_hw=True, max_size=256)
     assert os.listdir(tmp_path) == []
+
+
+def test_tool_exports_a_lightning_cli_checkpoint(tmp_path, capsys):
+    """A checkpoint of tools/train_cls.py (LightningCLI records `_instantiator` in its hyper_parameters) exports:
+    that key is inert here; a loading option that is set (`weights` naming a file) is still refused."""
+    net = swtasks.create_model("shiftwise_atto", num_classes=4).eval()
+    hp = {"backbone": "shiftwise_atto", "num_classes": 4, "weights": None, "trust_pickle": False,
+          "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in net.state_dict().items()}, "hyper_parameters": hp},
+               ckpt)
+    assert _tool(["shiftwise_atto", tmp_path / "a.onnx", "--checkpoint", ckpt, "--image-size", SIZE]) == 0
+    assert (tmp_path / "a.onnx").is_file()
+    capsys.readouterr()
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {**hp, "weights": "elsewhere.pt"}}, ckpt)
+    assert _tool(["shiftwise_atto", tmp_path / "b.onnx", "--checkpoint", ckpt, "--image-size", SIZE]) == 2
+    err = capsys.readouterr().err
+    assert "weights" in err and "_instantiator" not in err, err
+    assert not (tmp_path / "b.onnx").exists()
