@@ -110,6 +110,11 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
         prepared = os.path.join(work, "prepared.onnx")
         quant_pre_process(os.fspath(fp32_path), prepared, skip_symbolic_shape=True)
         model = onnx.load(prepared)
+        # type annotations of values the preparation folded away stay behind in value_info; a name the quantiser
+        # then gives one of its own values (e.g. a quantised bias) can collide with one (an int64 shape value of
+        # a shift-wise graph), a typed file ONNX Runtime refuses: drop them, ONNX Runtime infers the types
+        del model.graph.value_info[:]
+        onnx.save(model, prepared)
         exclude = depthwise_conv_nodes(model) if keep_fp32 == "depthwise" else []
         name = model.graph.input[0].name
         tmp = os.path.join(work, os.path.basename(int8_path))
