@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from helpers import run_cli
@@ -40,6 +41,37 @@ def test_operator_and_layer_dtypes_under_cpu_autocast():
         assert layer.weight.grad.dtype == torch.float32 and x.grad.dtype == x_dtype
         assert all(bn.running_mean.dtype == torch.float32 for bn in (layer.bn_h, layer.bn_v, layer.bn_s))
         layer.zero_grad()
+
+
+def test_triton_path_gets_bf16_input_under_autocast(monkeypatch):
+    """Autocast does not cast a custom op's inputs: the layer hands the Triton path (here under the
+    interpreter, conftest.py) the 16-bit input, and its result matches the PyTorch path's within bf16
+    rounding, forward and backward."""
+    triton_cross = pytest.importorskip("swtasks.ops.triton_cross")
+    seen = []
+    real = triton_cross.cross_conv_triton
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(triton_cross, "cross_conv_triton", spy)
+    torch.manual_seed(0)
+    a = ShiftWiseConv2d(8, 9, 3, backend="torch").train()
+    b = ShiftWiseConv2d(8, 9, 3, backend="triton").train()
+    b.load_state_dict(a.state_dict())
+    x, r = torch.randn(2, 8, 10, 10), torch.randn(2, 8, 10, 10)
+    outs, grads = [], []
+    for layer in (a, b):
+        xi = x.clone().requires_grad_()
+        with autocast():
+            y = layer(xi)
+        (y * r).sum().backward()
+        outs.append(y)
+        grads.append((xi.grad, layer.weight.grad))
+    assert seen == [BF16] and outs[1].dtype == torch.float32 and grads[1][1].dtype == torch.float32
+    for u, v in ((outs[0], outs[1]), *zip(grads[0], grads[1])):
+        assert (u - v).abs().max() <= 2**-6 * u.abs().max()  # a few bf16 roundings (2**-8 relative each)
 
 
 def test_deploy_sum_and_bias_are_fp32_under_autocast():
