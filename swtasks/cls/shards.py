@@ -23,7 +23,7 @@ samples; also WebDataset's ``shardlist`` of url / nsamples) and per sample its s
 source path. Reading checks what a wrong or damaged set looks like before training starts: a missing or
 unreadable index, a missing shard, a shard whose size differs from the index (truncated or replaced), labels
 outside the class list; each is a one-line ``InputError`` naming the file. Imports the standard library,
-numpy and data.py.
+numpy and datasets.py.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (
+from .datasets import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageFolderDataset,
     ImageListDataset,
