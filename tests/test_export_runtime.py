@@ -69,18 +69,16 @@ def test_deploy_shiftwise_blocks_export_as_full_channel_strips(tmp_path):
 
 def test_benchmark_runtime_rows_beside_eager(capsys):
     main = _tool("benchmark.py")
-    assert main(["shiftwise_atto", "unireplknet_a", "--image-size", str(SIZE), "--batch-size", "1", "--threads", "1",
+    assert main(["shiftwise_atto", "--image-size", str(SIZE), "--batch-size", "1", "--threads", "1",
                  "--structures", "deploy", "--modes", "inference", "--runtime", "onnxruntime", "--repeats", "2",
                  "--warmup", "1", "--no-memory", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("shiftwise_atto", "unireplknet_a"))]
-    got = {(r[0], r[1], r[2], r[3]) for r in rows}
-    for model in ("shiftwise_atto", "unireplknet_a"):
-        for runtime in ("eager", "onnxruntime"):
-            assert (model, "deploy", runtime, "inference") in got, out
-    # the relative column divides by the baseline (the first model) in the same runtime
-    base = [r for r in rows if r[0] == "shiftwise_atto"]
-    assert all(r[8] == "1.00x" for r in base), out
+    rows = [line.split() for line in out.splitlines() if line.startswith("shiftwise_atto")]
+    assert {tuple(r[:4]) for r in rows} == {("shiftwise_atto", "deploy", "eager", "inference"),
+                                            ("shiftwise_atto", "deploy", "onnxruntime", "inference")}, out
+    assert all(float(r[5]) > 0 for r in rows), out  # images/s measured in both runtimes
+    # the relative column divides by the baseline (here the model itself) in the same runtime
+    assert all(r[8] == "1.00x" for r in rows), out
 
 
 def test_int8_export_writes_a_file_onnx_runtime_runs_with_its_report(tmp_path, capsys):
