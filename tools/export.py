@@ -111,10 +111,11 @@ def _int8_images(args) -> tuple[list[str], list[str], str]:
     def images(folder: str, option: str) -> list[str]:
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
+        from swtasks.cls.datasets import images_under  # any depth: class sub-folders or flat
+
         if not os.path.isdir(folder):
             raise CalibrationError(f"{option} {folder}: not a folder")
-        found = sorted(os.path.join(d, f) for d, _, files in os.walk(folder, followlinks=False) for f in files
-                       if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."))
+        found = images_under(folder)
         if not found:
             raise CalibrationError(f"{option} {folder}: no images ({', '.join(IMG_EXTENSIONS)}) in it or below it")
         return found
@@ -144,7 +145,7 @@ def _write_int8(report, calibration: list[str], held_out: list[str], source: str
     """Quantise the written fp32 file, compare it on the held-out images, and say what happened."""
     import numpy as np
 
-    from swtasks.cls.data import ImageListDataset
+    from swtasks.cls.datasets import ImageListDataset
     from swtasks.cls.transforms import eval_transform
     from swtasks.export import ExportOptionError
     from swtasks.models import get_data_config
