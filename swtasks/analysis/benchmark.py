@@ -9,7 +9,7 @@ the re-parameterised inference structure):
   -> images/s;
 - `latency`: eval mode, batch 1 -> images/s = 1 / latency (the table also shows milliseconds).
 
-How (docs/analysis.md, "Benchmark"): every case is built first; then, mode by mode, the mode's cases are
+How (docs/analysis.md, "Speed and memory"): every case is built first; then, mode by mode, the mode's cases are
 warmed up and `repeats` rounds time each of them once (a sample = enough iterations to last
 `min_sample_s`), the order rotated from round to round. All models are therefore measured under the same machine conditions, and the ratio of a case to
 the baseline model (same structure and mode) is taken per round and its median reported, which holds on
