@@ -61,6 +61,7 @@ __all__ = [
     "check_finite",
     "download_dir",
     "name_opt_ins",
+    "RECORDED_NOT_TAKEN",
     "refuse_loading_options",
     "fetch_remote",
     "file_num_classes",
@@ -205,6 +206,9 @@ LOADING_OPTIONS = frozenset({
     "allow_download", "backbone", "checkpoint", "checkpoint_path", "class_path", "_class_path", "init_cfg",
     "_instantiator", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "trust_pickle", "weights",
 })
+#: loading options a Lightning checkpoint records in every file and that are dropped unread: the opt-ins (inert
+#: without a file to load) and LightningCLI's own ``_instantiator`` (nothing here instantiates from a file)
+RECORDED_NOT_TAKEN = ("trust_pickle", "allow_download", "_instantiator")
 # words that mark an option as a path, a location or a loading switch (an option name's words are the parts
 # between underscores: `checkpoint_path`, `weights_file`, `pretrained`; not `weight_decay`, `num_classes`)
 _LOADING_WORDS = frozenset({

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from swtasks.checkpoint import (
+    RECORDED_NOT_TAKEN,
     architecture_options,
     classifier_classes,
     extract_state_dict,
@@ -568,10 +569,8 @@ def _file_settings(obj: Any, source: str) -> dict[str, Any]:
     meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
     hp = obj.get("hyper_parameters") if isinstance(obj.get("hyper_parameters"), Mapping) else {}
     out: dict[str, Any] = {}
-    # never taken, inert without a file to load; _instantiator: LightningCLI records its own in every checkpoint
-    # it writes (tools/train_cls.py), and nothing here instantiates anything (swtasks.cls.io pops it too)
-    inert = ("trust_pickle", "allow_download", "_instantiator")
-    refuse_loading_options({k: v for k, v in hp.items() if k not in inert}, source=source, field="hyper_parameters")
+    refuse_loading_options({k: v for k, v in hp.items() if k not in RECORDED_NOT_TAKEN}, source=source,
+                           field="hyper_parameters")
     for where, src in (("hyper_parameters", hp), ("meta", meta)):
         n = file_num_classes(src.get("num_classes"), source=source, field=f"{where}['num_classes']")
         if n is not None:

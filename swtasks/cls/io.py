@@ -13,6 +13,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..checkpoint import (
+    RECORDED_NOT_TAKEN,
     CheckpointError,
     FileOptionsError,
     architecture_options,
@@ -74,14 +75,13 @@ def model_options_from_file(hparams: Any, *, source: str) -> dict[str, Any]:
     if not isinstance(hparams, dict):
         raise FileOptionsError(f"{source}: hyper_parameters is a {type(hparams).__name__}, not a mapping")
     hp = dict(hparams)
-    hp.pop("_instantiator", None)
     class_path = hp.pop("_class_path", None)
     if class_path is not None and class_path not in _MODULE_CLASS_PATHS:
         raise FileOptionsError(
             f"{source}: its hyper_parameters name the class {class_path!r}; tools/train_cls.py builds "
             "ClassificationModule only (a file may not pick the code that runs)"
         )
-    for k in ("trust_pickle", "allow_download"):  # never taken; inert without a file to load
+    for k in RECORDED_NOT_TAKEN:  # recorded by every run, never taken
         hp.pop(k, None)
     refuse_loading_options(hp, source=source, field="hyper_parameters")
     hp.pop("weights", None)
