@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -44,3 +45,19 @@ def run_tool(main, argv=None, *, prog: str, user_errors: tuple[type[BaseExceptio
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"{prog}: error: {text}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the body with ``torch.set_num_threads(n)`` (nothing changes when ``n`` is 0 or None) and put the
+    previous count back afterwards: a tool's ``main`` called in-process (a test, a notebook) must not leave
+    the process on another thread count (a different count changes the order of floating-point sums)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

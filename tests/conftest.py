@@ -23,7 +23,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Keep the 2-core CI machine responsive and results reproducible.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+THREADS = min(2, os.cpu_count() or 1)
+torch.set_num_threads(THREADS)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +34,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _thread_count_unchanged():
+    """Every test starts on the suite's thread count and must leave it there: a tool's main() that sets
+    ``--threads`` in-process and does not restore it changed later tests' floating-point sums (a bitwise
+    resume test compared a 1-thread run with a 2-thread one)."""
+    torch.set_num_threads(THREADS)
+    yield
+    after = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    assert after == THREADS, f"the test left torch on {after} threads (the suite runs on {THREADS})"
 
 
 @pytest.fixture(scope="module")

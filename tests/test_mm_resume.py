@@ -54,15 +54,18 @@ def uninterrupted(tmp_path_factory):
     data = make_tiny_coco(str(base / "coco"))  # 4 training images, batch 2: 2 iterations per pass
     runner = main("det", "train", train_args(base / "a", data))
     assert runner.iter == ITERS
-    return dict(base=base, data=data, final=base / "a" / f"iter_{ITERS}.pth")
+    # bitwise equality needs the same thread count in every run (it orders the floating-point sums)
+    return dict(base=base, data=data, final=base / "a" / f"iter_{ITERS}.pth", threads=torch.get_num_threads())
 
 
 def test_killed_run_resumes_to_the_same_weights_bitwise(uninterrupted, tmp_path):
     from swtasks.mm.cli import main
 
     work = tmp_path / "b"
+    threads = uninterrupted["threads"]
+    assert torch.get_num_threads() == threads
     env = dict(
-        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="2"
+        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS=str(threads)
     )
     proc = subprocess.Popen(
         [sys.executable, osp.join(ROOT, "tools", "train_det.py"), *train_args(work, uninterrupted["data"])],

@@ -72,12 +72,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
+    from swtasks.cliutil import torch_threads
 
+    with torch_threads(args.threads):
+        return _run(args, argv)
+
+
+def _run(args, argv) -> int:
     from swtasks.analysis import benchmark as bm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     names = bm.resolve_models(args.models, skip_missing=args.skip_missing)
     specs = [bm.ModelSpec(n, () if n.startswith(("torchvision:", "timm:")) else tuple(args.overrides)) for n in names]
     env = bm.environment(args.device)

@@ -90,15 +90,19 @@ def _mm_entry(config: str, checkpoint: str | None, args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from swtasks.cliutil import torch_threads
+
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
     import numpy as np
-    import torch
 
     from swtasks.analysis import erf
     from swtasks.analysis.errors import AnalysisError, AnalysisInputNotFound
     from swtasks.analysis.select import resolve_models
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     models: list[str] = []
     for m in args.models:  # in the order given: mm configs as they are, the rest through the registry's names
         models += [n for n in ([m] if erf.is_mm_config(m) else resolve_models([m])) if n not in models]

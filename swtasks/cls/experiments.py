@@ -94,9 +94,14 @@ def compare_receptive_field(s: ReceptiveFieldSettings) -> list[dict]:
     """Train the shift-wise network (big kernels `s.kernel_sizes`) and the same network with every big kernel
     3 (a network of 3x3 depthwise convolutions) for every seed; one row per (seed, network).
 
-    The task variant (periods, block) is set on swtasks.cls.synthetic for the run and restored afterwards."""
-    if s.threads:
-        torch.set_num_threads(s.threads)
+    The task variant (periods, block) and the thread count are set for the run and restored afterwards."""
+    from swtasks.cliutil import torch_threads
+
+    with torch_threads(s.threads):
+        return _compare_receptive_field(s)
+
+
+def _compare_receptive_field(s: ReceptiveFieldSettings) -> list[dict]:
     nets = [("shift-wise", tuple(s.kernel_sizes)), ("3x3 depthwise", (3, 3, 3, 3))]
     saved = synthetic.LONGRANGE_PERIODS, synthetic.LONGRANGE_BLOCK
     rows = []
@@ -130,7 +135,7 @@ def format_comparison(rows: list[dict], s: ReceptiveFieldSettings, markdown: boo
         f"{s.block or synthetic.LONGRANGE_BLOCK}-px noise blocks, image {s.image_size}px, {s.train_size} train / "
         f"{s.val_size} val images, 4 classes (chance 25%); depths {tuple(s.depths)}, dims {tuple(s.dims)}; batch "
         f"{s.batch_size}, {s.epochs} epochs, AdamW lr {s.lr}, cosine; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, load avg at end {load}"
+        f"{s.threads or torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, load avg at end {load}"
     ]
     header = ["network", "big kernels", "params", "seed", "opt. steps", "train loss", "val loss", "val top-1",
               "time (s)"]
