@@ -309,3 +309,50 @@ def test_tool_exports_a_lightning_cli_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "weights" in err and "_instantiator" not in err, err
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_depthwise_convolutions_are_written_in_onnx_runtimes_fast_form(tmp_path):
+    """ONNX files only: a depthwise convolution whose channel count is not a multiple of 16 is written with
+    zero-padded channels (sliced off after), a kernel wider than 7 on zero columns concatenated to the map;
+    others as they are. The file, at three sizes with a symbolic height and width, equals the eager model
+    (the unrewritten convolutions); the model is unchanged afterwards."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        total_stride = 2
+
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 12, 1)
+            self.wide = nn.Conv2d(12, 12, (3, 11), padding=(1, 5), groups=12)  # both rewrites
+            self.down = nn.Conv2d(12, 12, 5, stride=2, padding=2, groups=12, bias=False)  # channels only
+            self.widen = nn.Conv2d(12, 16, 1)
+            self.plain = nn.Conv2d(16, 16, 7, padding=3, groups=16)  # as it is
+            self.wide16 = nn.Conv2d(16, 16, (1, 13), padding=(0, 6), groups=16)  # zero columns only
+
+        def forward(self, x):
+            x = self.down(self.wide(self.stem(x)))
+            return self.wide16(self.plain(self.widen(x))).mean((2, 3))
+
+    model = Net().eval()
+    convs = [model.wide, model.down, model.plain, model.wide16]
+    report = export_module(model, tmp_path / "m.onnx", image_size=48, dynamic_hw=True, hw_multiple=2,
+                           max_size=128)
+    assert report.relative_diff < 1e-5 and len(report.checked_sizes) == 3
+    assert any(n.startswith("3 depthwise convolutions written in ONNX Runtime's fast form") for n in report.notes)
+    assert all("forward" not in m.__dict__ for m in convs)  # the eager modules are back as they were
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    depthwise = [{a.name: (a.i if a.name == "group" else list(a.ints)) for a in n.attribute} for n in graph.node
+                 if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert [d["group"] for d in depthwise] == [16, 16, 16, 16], depthwise
+    # pads (top, left, bottom, right): the wide kernels' left and right padding are zero columns now
+    assert [d["pads"] for d in depthwise] == [[1, 0, 1, 0], [2, 2, 2, 2], [3, 3, 3, 3], [0, 0, 0, 0]], depthwise
+    assert sum(n.op_type == "Concat" for n in graph.node) >= 3  # zero channels, two sets of zero columns
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        want = model(x)
+    assert _relative(_run_onnx(tmp_path / "m.onnx", x)[0], want) < 1e-5
+    # other formats keep the convolutions as they are
+    export_module(model, tmp_path / "m.pt2", image_size=48)
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    assert "aten.cat" not in str(program.graph)
