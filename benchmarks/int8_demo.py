@@ -9,8 +9,8 @@ swtasks.quantize (what tools/export.py --int8 runs), calibrated on the demo's tr
 its validation images. The demo's images are generated in memory (swtasks.cls.synthetic.generate, the arrays
 its data module feeds the model, no image files and no eval transform), so this script hands those arrays to
 the library instead of an image folder to the tool. Prints top-1 agreement, mean KL of the logits, top-1
-accuracy of each file against the labels, and the speed ratio, for all layers in INT8 and with the depthwise
-(large-kernel) convolutions kept in fp32.
+accuracy of each file against the labels, and the speed ratio, for all layers in INT8 (7-bit weights, the
+default, and 8-bit) and with the depthwise (large-kernel) convolutions kept in fp32.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def main(argv=None) -> int:
                            dynamic_batch=True)
         print(f"exported {args.checkpoint}: {rep.structure} structure, max relative diff to eager "
               f"{rep.relative_diff:.2g}")
-        for keep in (None, "depthwise"):
-            int8 = os.path.join(tmp, f"demo.{keep or 'all'}.int8.onnx")
-            info = quantize_int8(fp32, int8, cal, keep_fp32=keep)
+        for keep, full in ((None, False), ("depthwise", False), (None, True)):
+            int8 = os.path.join(tmp, f"demo.{keep or 'all'}.{full}.int8.onnx")
+            info = quantize_int8(fp32, int8, cal, keep_fp32=keep, full_range=full)
             r = compare_int8(fp32, int8, held, threads=args.threads, rounds=5)
             acc = []
             for path in (fp32, int8):
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
                 pred = np.concatenate([s.run(None, {name: b})[0].argmax(1) for b in held])
                 acc.append(float((pred == val_y.numpy()).mean()))
             what = "all convolutions INT8" if keep is None else f"{len(info['fp32_nodes'])} depthwise convs fp32"
+            what += ", 8-bit weights (--int8-full-range)" if full else ", 7-bit weights"
             print(f"{what}: {r.images} val images, calibrated on {sum(len(b) for b in cal)} train images: top-1 "
                   f"agreement {100 * r.top1_agreement:.2f}%, mean KL {r.mean_kl:.2e} (max {r.max_kl:.2e}), top-1 "
                   f"fp32 {100 * acc[0]:.2f}% / int8 {100 * acc[1]:.2f}%, speed int8/fp32 {r.speed_ratio:.2f}x "

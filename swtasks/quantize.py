@@ -92,11 +92,37 @@ class _Reader:
         return None if batch is None else {self.name: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
+def _rename_values(model) -> None:
+    """Rename every initializer to ``w<i>_`` and every other inner value to ``v<i>_`` (the graph's inputs and
+    outputs keep their names). The quantiser makes new names by appending to old ones, and a bias initializer
+    two nodes share is copied as the name plus the next free number among the initializers' names, which
+    can be the name of a value that is not an initializer (onnxruntime 1.32: bias ``cat_2`` copied as
+    ``cat_29``, the input of another convolution, which then read the bias: a file ONNX Runtime refuses).
+    No appended name can match these patterns."""
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names = {i.name: f"w{k}_" for k, i in enumerate(graph.initializer) if i.name not in keep}
+    outputs = [o for n in graph.node for o in n.output if o and o not in keep and o not in names]
+    names.update({o: f"v{k}_" for k, o in enumerate(dict.fromkeys(outputs))})
+    for i in graph.initializer:
+        i.name = names.get(i.name, i.name)
+    for n in graph.node:
+        n.input[:] = [names.get(x, x) for x in n.input]
+        n.output[:] = [names.get(x, x) for x in n.output]
+        if any(a.g.node for a in n.attribute) or any(a.graphs for a in n.attribute):
+            raise CalibrationError(f"node {n.name!r} ({n.op_type}) has a subgraph; not supported for INT8")
+
+
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: Iterable[np.ndarray],
-                  *, keep_fp32: str | None = None) -> dict[str, Any]:
+                  *, keep_fp32: str | None = None, full_range: bool = False) -> dict[str, Any]:
     """Write the static INT8 (QDQ, per-channel weights) version of ``fp32_path`` to ``int8_path``, calibrated on
     the batches of ``calibration`` ((N, C, H, W) float32 arrays as the model takes them). ``keep_fp32``: None, or
-    "depthwise" (every depthwise convolution stays fp32). Returns {"fp32_nodes": names kept in fp32}."""
+    "depthwise" (every depthwise convolution stays fp32). Returns {"fp32_nodes": names kept in fp32}.
+
+    The weights use 7 bits of the int8 range unless ``full_range``: ONNX Runtime's uint8 x int8 products on an
+    x86 CPU without VNNI (AVX2, AVX-512 without VNNI) add pairs in 16 bits, which saturate with 8-bit weights
+    and full-range activations (measured on this AVX2 machine: a two-convolution graph off by half its output
+    range, tests/test_export_runtime.py). 8-bit weights are only for files run on CPUs with VNNI."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -114,6 +140,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
         # then gives one of its own values (e.g. a quantised bias) can collide with one (an int64 shape value of
         # a shift-wise graph), a typed file ONNX Runtime refuses: drop them, ONNX Runtime infers the types
         del model.graph.value_info[:]
+        _rename_values(model)
         onnx.save(model, prepared)
         exclude = depthwise_conv_nodes(model) if keep_fp32 == "depthwise" else []
         name = model.graph.input[0].name
@@ -123,7 +150,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
         root.setLevel(logging.ERROR)  # the quantiser warns on the root logger about every 1-D weight it skips
         try:
             quantize_static(prepared, tmp, _Reader(name, calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            per_channel=True, reduce_range=not full_range, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
                             op_types_to_quantize=list(QUANTIZED_OPS))
         finally:

@@ -5,7 +5,8 @@
                     [--image-size N|HxW] [--dynamic-batch] [--dynamic-hw [--hw-multiple M] [--min-size N]
                     [--max-size N]] [--batch-size N] [--features-only] [--num-classes N]
                     [--set KEY=VALUE ...] [--opset N] [--tolerance T] [--trust-pickle]
-                    [--int8 --calibration DIR [--calibration-images N] [--held-out DIR] [--int8-keep-fp32 depthwise]]
+                    [--int8 --calibration DIR [--calibration-images N] [--held-out DIR] [--int8-keep-fp32 depthwise]
+                     [--int8-full-range]]
 
 MODEL is a registry name (swtasks.list_models()); FILE any weights file create_model(checkpoint_path=...)
 reads (.safetensors included; its recorded num_classes and overrides are used). The file is run in ONNX
@@ -15,7 +16,8 @@ difference is printed, and above --tolerance (relative, default 1e-4)
 the tool fails (exit status 1) and writes nothing. Operators with a Triton path are exported through their
 PyTorch path. ONNX needs the `export` extra. See docs/deploy.md.
 
---int8 (ONNX) also writes OUT's INT8 version (OUT.int8.onnx; swtasks.quantize: static QDQ, per-channel weights),
+--int8 (ONNX) also writes OUT's INT8 version (OUT.int8.onnx; swtasks.quantize: static QDQ, per-channel 7-bit
+weights unless --int8-full-range),
 calibrated on N images of DIR (an ImageNet-layout or flat image folder, read with the classification data's
 eval transforms at the export's size) and compared with the fp32 file on held-out images (--held-out DIR, else
 DIR's images not used for calibration): top-1 agreement, mean KL of the logits, speed ratio in ONNX Runtime.
@@ -70,6 +72,9 @@ def _main(argv: list[str] | None) -> int:
                         help=f"with --int8: compare on these images (default: DIR's others; at most {_HELD_OUT_MAX})")
     parser.add_argument("--int8-keep-fp32", choices=("depthwise",),
                         help="with --int8: keep every depthwise (large-kernel) convolution in fp32")
+    parser.add_argument("--int8-full-range", action="store_true",
+                        help="with --int8: 8-bit weights (default 7-bit): only for CPUs with VNNI; without it "
+                             "(AVX2) ONNX Runtime's int8 products saturate")
     args = parser.parse_args(argv)
     int8 = _int8_images(args) if args.int8 else None  # bad calibration input fails before the export
 
@@ -170,10 +175,11 @@ def _write_int8(report, calibration: list[str], held_out: list[str], source: str
         raise CalibrationError(f"the file takes batches of {chunk}: --int8 needs at least {chunk} calibration and "
                                f"{chunk} held-out images (export with --dynamic-batch to use any number)")
     out = report.path[:-len(".onnx")] + ".int8.onnx" if report.path.endswith(".onnx") else report.path + ".int8.onnx"
-    info = quantize_int8(report.path, out, cal, keep_fp32=args.int8_keep_fp32)
+    info = quantize_int8(report.path, out, cal, keep_fp32=args.int8_keep_fp32, full_range=args.int8_full_range)
     r = compare_int8(report.path, out, held)
     kept = f", {len(info['fp32_nodes'])} depthwise convolutions kept fp32" if args.int8_keep_fp32 else ""
-    return [f"wrote {out}: INT8 (QDQ, per-channel int8 weights, uint8 activations){kept}, calibrated on "
+    bits = 8 if args.int8_full_range else 7
+    return [f"wrote {out}: INT8 (QDQ, per-channel int8 weights in {bits} bits, uint8 activations){kept}, calibrated on "
             f"{sum(len(b) for b in cal)} images of {args.calibration}",
             f"INT8 vs fp32 on {r.images} held-out images of {source}: top-1 agreement {100 * r.top1_agreement:.1f}%, "
             f"mean KL {r.mean_kl:.3g} (max {r.max_kl:.3g}); speed int8/fp32 {r.speed_ratio:.2f}x "
