@@ -2,6 +2,11 @@
 """INT8 against fp32 on the classification demo's validation set (docs/deploy.md, "INT8").
 
     python benchmarks/int8_demo.py runs/demo/checkpoints/last.ckpt [--calibration-images 256]
+    # the same demo with a ConvNeXt of the same widths and depths, for the like-for-like INT8 comparison:
+    python tools/train_cls.py fit --config configs/cls/demo.yaml --model.backbone convnext_t \
+        --model.backbone_kwargs '{"depths":[1,1,2,1],"dims":[32,64,128,256],"layer_scale_init_value":1.0}' \
+        --trainer.default_root_dir runs/demo_convnext
+    python benchmarks/int8_demo.py runs/demo_convnext/checkpoints/last.ckpt --model convnext_t
 
 The checkpoint of `make demo` (configs/cls/demo.yaml: shiftwise_atto on the procedural `longrange` task, 48 px)
 is exported in its deploy structure (swtasks.export.export_model, verified against eager) and quantised with
@@ -26,6 +31,9 @@ import numpy as np
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("checkpoint", help="the demo's checkpoint (runs/demo/checkpoints/last.ckpt)")
+    p.add_argument("--model", default="shiftwise_atto",
+                   help="the checkpoint's registry model (default shiftwise_atto, the demo's; e.g. convnext_t for "
+                        "the demo trained with --model.backbone convnext_t)")
     p.add_argument("--calibration-images", type=int, default=256)
     p.add_argument("--val-images", type=int, default=1024, help="the demo's validation set size (1024)")
     p.add_argument("--threads", type=int, default=2)
@@ -42,7 +50,7 @@ def main(argv=None) -> int:
     held = [b.numpy() for b in val_x.split(batch)]
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "demo.onnx")
-        rep = export_model("shiftwise_atto", fp32, checkpoint=args.checkpoint, reparameterize=True, image_size=size,
+        rep = export_model(args.model, fp32, checkpoint=args.checkpoint, reparameterize=True, image_size=size,
                            dynamic_batch=True)
         print(f"exported {args.checkpoint}: {rep.structure} structure, max relative diff to eager "
               f"{rep.relative_diff:.2g}")
