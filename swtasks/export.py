@@ -186,7 +186,7 @@ def runtime_depthwise_graph(model: nn.Module) -> Iterator[int]:
     larger than 1x1, zero padding) traces to the form ONNX Runtime runs fast (:func:`_runtime_depthwise_forward`;
     measured on SLaK-T: 2.2x the images/s, docs/deploy.md); every other module, and eager results, unchanged.
     Yields the number of convolutions rewritten. Used for ONNX files only."""
-    convs = [m for m in model.modules() if _is_depthwise(m)
+    convs = [m for m in model.modules() if _is_depthwise(m) and "forward" not in m.__dict__  # not one patched
              and (m.in_channels % ORT_CHANNEL_BLOCK or (m.kernel_size[1] > ORT_WIDE_KERNEL and m.padding[1]))]
     try:
         for m in convs:
