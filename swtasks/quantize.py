@@ -100,6 +100,9 @@ def _rename_values(model) -> None:
     ``cat_29``, the input of another convolution, which then read the bias: a file ONNX Runtime refuses).
     No appended name can match these patterns."""
     graph = model.graph
+    nested = next((n for n in graph.node if any(a.g.node or a.graphs for a in n.attribute)), None)
+    if nested is not None:  # a subgraph reads outer names: renaming them here would cut it off
+        raise CalibrationError(f"node {nested.name!r} ({nested.op_type}) has a subgraph; not supported for INT8")
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
     names = {i.name: f"w{k}_" for k, i in enumerate(graph.initializer) if i.name not in keep}
     outputs = [o for n in graph.node for o in n.output if o and o not in keep and o not in names]
@@ -109,8 +112,6 @@ def _rename_values(model) -> None:
     for n in graph.node:
         n.input[:] = [names.get(x, x) for x in n.input]
         n.output[:] = [names.get(x, x) for x in n.output]
-        if any(a.g.node for a in n.attribute) or any(a.graphs for a in n.attribute):
-            raise CalibrationError(f"node {n.name!r} ({n.op_type}) has a subgraph; not supported for INT8")
 
 
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: Iterable[np.ndarray],

@@ -38,10 +38,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _thread_count_unchanged():
-    """Every test starts on the suite's thread count and must leave it there: a tool's main() that sets
-    ``--threads`` in-process and does not restore it changed later tests' floating-point sums (a bitwise
-    resume test compared a 1-thread run with a 2-thread one)."""
-    torch.set_num_threads(THREADS)
+    """Every test must leave the suite's thread count (set above) as it found it; after one that changed it the
+    count is restored, so the next test starts right. A tool's main() that set ``--threads`` in-process and did
+    not restore it changed later tests' floating-point sums (a bitwise resume test compared a 1-thread run with
+    a 2-thread one)."""
     yield
     after = torch.get_num_threads()
     torch.set_num_threads(THREADS)
